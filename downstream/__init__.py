@@ -1,0 +1,1 @@
+"""Downstream heads and tasks."""

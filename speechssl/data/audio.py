@@ -1,0 +1,100 @@
+"""Audio I/O: read any file soundfile can decode as a mono float32 waveform at 16 kHz.
+
+torchaudio 2.9+ has no ``load``/``save``: files are read with soundfile and
+resampled with :func:`torchaudio.functional.resample`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional as AF
+
+from speechssl.errors import AudioError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".sph")
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
+    """``(num_samples, sample_rate, channels)`` of a file, read from its header only.
+
+    Raises :class:`AudioError` naming the file for a missing, empty or undecodable one.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{path}: cannot decode audio ({e})") from e
+    return int(info.frames), int(info.samplerate), int(info.channels)
+
+
+def load_audio(
+    path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *, resample: bool = True
+) -> torch.Tensor:
+    """Read ``path`` as a 1-D float32 tensor in [-1, 1] at ``sample_rate`` Hz.
+
+    Several channels are averaged to mono (with a logged warning). A file at another
+    rate is resampled, or, with ``resample=False``, rejected. Raises
+    :class:`AudioError` naming the file and the reason: missing, empty file,
+    undecodable, zero samples, NaN/Inf samples, or a wrong rate.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (S, C)
+    except (soundfile.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{path}: cannot decode audio ({e})") from e
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: 0 samples (empty audio)")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: contains NaN or Inf samples")
+    if data.shape[1] > 1:
+        log.warning("%s: %d channels, averaged to mono", path, data.shape[1])
+        data = data.mean(axis=1, keepdims=True)
+    wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))  # (S,)
+    if rate != sample_rate:
+        if not resample:
+            raise AudioError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz")
+        wav = AF.resample(wav, orig_freq=rate, new_freq=sample_rate)
+    return wav
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+
+
+def save_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write a 1-D waveform as 16-bit PCM (WAV or FLAC, by the extension)."""
+    if wav.dim() != 1:
+        raise ValueError(f"save_audio expects a 1-D waveform, got shape {tuple(wav.shape)}")
+    soundfile.write(str(path), wav.detach().cpu().float().numpy(), sample_rate, subtype="PCM_16")
+
+
+def collate(wavs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad 1-D waveforms into a batch.
+
+    Returns ``wavs`` (B, S_max) float32 and ``wav_lens`` (B,) int64 samples.
+    """
+    if len(wavs) == 0:
+        raise ValueError("collate needs at least one waveform")
+    for i, w in enumerate(wavs):
+        if w.dim() != 1:
+            raise ValueError(f"waveform {i}: expected shape (S,), got {tuple(w.shape)}")
+    wav_lens = torch.tensor([len(w) for w in wavs], dtype=torch.long)
+    batch = torch.nn.utils.rnn.pad_sequence(list(wavs), batch_first=True)  # (B, S)
+    return batch.float(), wav_lens

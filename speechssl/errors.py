@@ -1,0 +1,17 @@
+"""The exceptions users can catch. The CLI turns each into one line and a non-zero exit."""
+
+
+class SpeechSSLError(Exception):
+    """Base of every error speechssl raises on purpose."""
+
+
+class AudioError(SpeechSSLError, ValueError):
+    """An audio file or waveform speechssl cannot use: missing, empty, corrupt, NaN, too short."""
+
+
+class CheckpointError(SpeechSSLError, ValueError):
+    """A checkpoint that is missing, corrupt, or written by another model."""
+
+
+class ConfigError(SpeechSSLError, ValueError):
+    """An unknown name or key, or a value out of range, in a config or an argument."""

@@ -1,0 +1,1 @@
+"""Upstream models, one file per family; each registers itself with speechssl.registry."""
