@@ -1,0 +1,97 @@
+"""Safe checkpoints: atomic writes, weights in safetensors, nothing unpickled.
+
+An upstream checkpoint is one ``.safetensors`` file whose header metadata holds
+the upstream's registered name and its config as JSON, so the file alone
+rebuilds the model. A checkpoint folder holds it as ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import safetensors
+import torch
+from safetensors.torch import load_file, save_file
+
+from speechssl.errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+FORMAT = "speechssl-upstream-1"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then move the file into place: a crash leaves the old file or none.
+
+    The temporary file is in the same folder (so the rename is atomic) and is
+    fsynced before the rename; the folder is fsynced after it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Atomically write ``tensors`` (made contiguous, on the CPU) as safetensors."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def save_upstream(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model``'s weights, name and config; ``path`` is a file or a folder. Returns the file."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path / MODEL_FILE
+    config = dataclasses.asdict(model.config)
+    metadata = {"format": FORMAT, "upstream": model.name, "config": json.dumps(config)}
+    save_tensors(path, model.state_dict(), metadata)
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file from a file or folder path (folder: its ``model.safetensors``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    return path
+
+
+def read_upstream_checkpoint(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """``(upstream name, config dict, state dict)`` of a checkpoint written by :func:`save_upstream`."""
+    file = resolve_checkpoint(path)
+    try:
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(str(file))
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors checkpoint ({e})") from e
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{file}: not a speechssl upstream checkpoint (format {metadata.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: config in the checkpoint header is missing or corrupt") from e
+    return metadata["upstream"], config, state

@@ -1,0 +1,116 @@
+"""The ``speechssl`` command: ``speechssl COMMAND key=value ...`` through Hydra.
+
+Each command has a config ``configs/COMMAND.yaml`` and a function here that
+turns the resolved config into typed calls of the library; Hydra and DictConfig
+stop at this file. Every registered upstream's config dataclass is a structured
+config (``upstream_schema/NAME``), so ``upstream.KEY=VALUE`` is checked at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from speechssl.errors import SpeechSSLError
+
+log = logging.getLogger("speechssl")
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def upstream_from_config(cfg):
+    """A loaded upstream from a ``cfg.upstream`` node: ``name``, ``ckpt`` and config overrides."""
+    from omegaconf import OmegaConf
+
+    from speechssl.registry import load_upstream
+
+    node = OmegaConf.to_container(cfg.upstream, resolve=True)
+    name, ckpt = node.pop("name"), node.pop("ckpt", None)
+    return load_upstream(name, ckpt=ckpt, **node)
+
+
+def run_extract(cfg) -> int:
+    from speechssl.extract import extract
+
+    layer = cfg.layer if cfg.layer in ("all", "weighted", "last") else int(cfg.layer)
+    report = extract(
+        upstream_from_config(cfg),
+        cfg.input,
+        cfg.output,
+        layer=layer,
+        device=cfg.device,
+        batch_seconds=float(cfg.batch_seconds),
+    )
+    log.info("wrote features of %d utterance(s) to %s", len(report.written), cfg.output)
+    if report.skipped:
+        log.error("skipped %d file(s):", len(report.skipped))
+        for _, reason in report.skipped:
+            log.error("  %s", reason)
+        return 1
+    return 0
+
+
+# name -> (function, one-line summary); the function returns the exit status.
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "extract": (run_extract, "extract features of audio files with any upstream to safetensors"),
+}
+
+
+def _register_upstream_schemas() -> None:
+    """One structured config per upstream: its dataclass plus ``name`` and ``ckpt``."""
+    from hydra.core.config_store import ConfigStore
+
+    from speechssl.registry import get_entry, list_upstreams
+
+    store = ConfigStore.instance()
+    for name in list_upstreams():
+        entry = get_entry(name)
+        schema = dataclasses.make_dataclass(
+            f"{entry.config_cls.__name__}Node",
+            [("name", str, dataclasses.field(default=name)), ("ckpt", Optional[str], None)],
+            bases=(entry.config_cls,),
+        )
+        store.store(group="upstream_schema", name=name, node=schema)
+
+
+def _usage() -> str:
+    lines = ["usage: speechssl COMMAND [key=value ...] [--help]", "", "commands:"]
+    lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "speechssl COMMAND --help shows a command's keys, config groups and defaults."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"speechssl: unknown command '{command}'; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+
+    import hydra
+
+    function, _ = COMMANDS[command]
+    status = 0
+
+    def task(cfg) -> None:
+        nonlocal status
+        try:
+            status = function(cfg)
+        except SpeechSSLError as e:
+            log.error("%s", e)
+            status = 1
+
+    _register_upstream_schemas()
+    sys.argv = [f"speechssl-{command}", *rest]
+    hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=command)(task)()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

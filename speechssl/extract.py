@@ -1,0 +1,168 @@
+"""Feature extraction to disk: audio files -> one safetensors file per utterance + an index.
+
+Used by ``speechssl extract``; callable from Python with a loaded upstream.
+Batches are filled by total padded duration, longest utterances first, so memory
+stays bounded whatever the mix of lengths. A file that cannot be read is reported
+by name and skipped; the others are still extracted.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from speechssl.checkpoint import atomic_write, save_tensors
+from speechssl.data.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, audio_info, collate, load_audio
+from speechssl.errors import AudioError, ConfigError
+from speechssl.interface import Featurizer, Upstream
+
+log = logging.getLogger(__name__)
+
+LIST_EXTENSIONS = (".txt", ".lst", ".list", ".scp")
+INDEX_FILE = "index.tsv"
+
+
+@dataclass
+class ExtractReport:
+    written: list[str] = field(default_factory=list)  # utterance ids
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def find_audio(source: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``(utterance id, path)`` for an audio file, a folder (recursive) or a list file.
+
+    A list file (``.txt .lst .list .scp``) holds one path a line (the first
+    tab-separated column), relative to the list's folder unless absolute. Ids are
+    paths relative to the folder (or the files' common folder), without extension.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise ConfigError(f"input {source}: no such file or folder")
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        root = source
+    elif source.suffix.lower() in LIST_EXTENSIONS:
+        lines = [line.split("\t")[0].strip() for line in source.read_text().splitlines()]
+        paths = [p if p.is_absolute() else source.parent / p for p in map(Path, filter(None, lines))]
+        root = Path(os.path.commonpath([p.parent.resolve() for p in paths])) if paths else source.parent
+        paths = [p.resolve() for p in paths]
+    else:
+        return [(source.stem, source)]
+    if not paths:
+        raise ConfigError(f"input {source}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
+    return [(str(p.relative_to(root).with_suffix("")), p) for p in paths]
+
+
+def plan_batches(num_samples: list[int], max_samples: int) -> list[list[int]]:
+    """Indices grouped so that ``len(batch) * longest <= max_samples`` (one item at least), longest first."""
+    order = sorted(range(len(num_samples)), key=lambda i: -num_samples[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * num_samples[batches[-1][0]] <= max_samples:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def extract(
+    upstream: Upstream,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    layer: str | int = "all",
+    device: str = "cpu",
+    batch_seconds: float = 160.0,
+) -> ExtractReport:
+    """Extract features of every utterance under ``source`` into ``output``.
+
+    ``layer="all"`` writes every hidden state as ``hidden_state_NN`` (T, D) tensors;
+    ``"weighted"``, ``"last"`` or an int writes one ``features`` (T, D) tensor through a
+    :class:`Featurizer` (``"weighted"`` with equal weights: the mean of the layers).
+    ``output/index.tsv`` lists id, source path, feature file, frames and samples.
+    """
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device}, but CUDA is not available on this machine")
+    featurizer = None if layer == "all" else Featurizer(upstream, layer).to(device)
+    upstream = upstream.to(device).eval()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    report = ExtractReport()
+
+    items = []  # (id, path, num_samples)
+    for utt_id, path in find_audio(source):
+        try:
+            frames, rate, _ = audio_info(path)
+        except AudioError as e:
+            _skip(report, path, str(e))
+            continue
+        items.append((utt_id, path, round(frames * SAMPLE_RATE / rate)))
+
+    rows = []
+    total = sum(n for _, _, n in items) / SAMPLE_RATE
+    with tqdm(total=round(total, 1), unit="s", desc="extract") as progress, torch.inference_mode():
+        for batch in plan_batches([n for _, _, n in items], int(batch_seconds * SAMPLE_RATE)):
+            loaded = []
+            for i in batch:
+                utt_id, path, num_samples = items[i]
+                try:
+                    wav = load_audio(path)
+                    if len(wav) < upstream.min_samples:
+                        raise AudioError(
+                            f"{path}: {len(wav)} samples, shorter than {upstream.name}'s receptive field "
+                            f"of {upstream.min_samples} samples"
+                        )
+                    loaded.append((utt_id, path, wav))
+                except AudioError as e:
+                    _skip(report, path, str(e))
+                progress.update(round(num_samples / SAMPLE_RATE, 1))
+            if loaded:
+                rows += _extract_batch(upstream, featurizer, loaded, output, layer, device, report)
+    _write_index(output / INDEX_FILE, rows)
+    return report
+
+
+def _extract_batch(upstream, featurizer, loaded, output, layer, device, report) -> list[list]:
+    wavs, wav_lens = collate([wav for _, _, wav in loaded])
+    feats = upstream(wavs.to(device), wav_lens.to(device))
+    if featurizer is None:
+        named = {f"hidden_state_{i:02d}": h for i, h in enumerate(feats.hidden_states)}
+    else:
+        named = {"features": featurizer(feats)[0]}
+    lengths = feats.lengths.cpu()
+    rows = []
+    for b, (utt_id, path, wav) in enumerate(loaded):
+        num_frames = int(lengths[b])
+        target = output / f"{utt_id}.safetensors"
+        metadata = {
+            "upstream": upstream.name,
+            "layer": str(layer),
+            "source": str(path),
+            "downsample_rate": str(upstream.downsample_rate),
+            "num_samples": str(len(wav)),
+        }
+        save_tensors(target, {k: v[b, :num_frames] for k, v in named.items()}, metadata)
+        rows.append([utt_id, str(path), str(target.relative_to(output)), num_frames, len(wav)])
+        report.written.append(utt_id)
+    return rows
+
+
+def _skip(report: ExtractReport, path: Path, reason: str) -> None:
+    log.error("skipped %s", reason)
+    report.skipped.append((str(path), reason))
+
+
+def _write_index(path: Path, rows: list[list]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+            writer.writerow(["id", "source", "features", "num_frames", "num_samples"])
+            writer.writerows(sorted(rows))
+
+    atomic_write(path, write)

@@ -1,0 +1,195 @@
+"""The shared feature interface: every upstream answers ``model(wavs, wav_lens) -> Features``.
+
+>>> feats = model(wavs, wav_lens)       # wavs (B, S) float32 at 16 kHz, wav_lens (B,) samples
+>>> feats.hidden_states                 # list of (B, T, D): index 0 the encoder input, last the top
+>>> feats.lengths                       # (B,) valid frames of each utterance
+
+An utterance's features never depend on the rest of its batch: :class:`Upstream`
+zeroes the padding of the waveforms before any model sees them, and every model
+masks padding from there on. A :class:`Featurizer` turns the hidden states into
+the one ``(B, T, D)`` tensor a downstream head sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechssl.errors import AudioError, ConfigError
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """``(B,)`` lengths -> ``(B, max_len)`` bool mask, True on valid positions."""
+    if max_len is None:
+        max_len = int(lengths.max()) if lengths.numel() else 0
+    positions = torch.arange(max_len, device=lengths.device)
+    return positions[None, :] < lengths[:, None]
+
+
+@dataclass
+class Features:
+    """What an upstream returns.
+
+    hidden_states: list of ``(B, T, D_l)`` tensors; index 0 is the encoder's input
+        (e.g. projected conv features), the last is the top layer.
+    lengths: ``(B,)`` int64, valid frames of each utterance; frames past it are padding.
+    extra: model-specific outputs (a pooled embedding, quantizer codes), each
+        documented by the model class that fills it.
+    """
+
+    hidden_states: list[torch.Tensor]
+    lengths: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def last(self) -> torch.Tensor:
+        return self.hidden_states[-1]
+
+
+class Upstream(nn.Module):
+    """Base class of every upstream model.
+
+    A subclass sets ``downsample_rate`` (samples per frame), ``hidden_sizes`` (D of
+    each hidden state) and ``min_samples`` (the shortest input that yields one frame:
+    its receptive field), implements :meth:`num_frames` with a rule from
+    :mod:`speechssl.frames`, and implements :meth:`encode`. Users call the module:
+    :meth:`forward` checks the inputs and zeroes the padding first.
+    """
+
+    name: str = ""  # set by speechssl.registry.register
+    downsample_rate: int
+    min_samples: int
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        """Number of hidden states (the encoder input counts as one)."""
+        return len(self.hidden_sizes)
+
+    def num_frames(self, wav_lens: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` samples -> ``(B,)`` frames."""
+        raise NotImplementedError
+
+    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Features:
+        """The model proper, on checked inputs whose padding is zero."""
+        raise NotImplementedError
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> Features:
+        """``wavs`` (B, S) or (S,) float at 16 kHz; ``wav_lens`` (B,) samples, or None for full length."""
+        wavs, wav_lens = self.check_inputs(wavs, wav_lens)
+        wavs = wavs.masked_fill(~lengths_to_mask(wav_lens, wavs.shape[1]), 0.0)
+        return self.encode(wavs, wav_lens)
+
+    def check_inputs(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if wavs.dim() == 1:
+            wavs = wavs[None]
+        if wavs.dim() != 2:
+            raise ValueError(f"{self.name}: wavs must be (batch, samples), got shape {tuple(wavs.shape)}")
+        if not wavs.is_floating_point():
+            raise ValueError(f"{self.name}: wavs must be float at 16 kHz in [-1, 1], got {wavs.dtype}")
+        if wav_lens is None:
+            wav_lens = torch.full((wavs.shape[0],), wavs.shape[1], dtype=torch.long)
+        wav_lens = torch.as_tensor(wav_lens, device=wavs.device).long()
+        if wav_lens.shape != (wavs.shape[0],):
+            raise ValueError(
+                f"{self.name}: wav_lens must be ({wavs.shape[0]},), got shape {tuple(wav_lens.shape)}"
+            )
+        # One host read per batch, at the API boundary: a clip too short for the
+        # model's receptive field would otherwise give 0 frames and NaN downstream.
+        shortest, longest = torch.aminmax(wav_lens)
+        if int(longest) > wavs.shape[1]:
+            raise ValueError(f"{self.name}: wav_lens max {int(longest)} > {wavs.shape[1]} samples in wavs")
+        if int(shortest) < self.min_samples:
+            raise AudioError(
+                f"{self.name}: an utterance has {int(shortest)} samples, shorter than the model's "
+                f"receptive field of {self.min_samples} samples ({1000 * self.min_samples / 16000:.1f} ms)"
+            )
+        return wavs, wav_lens
+
+
+class Featurizer(nn.Module):
+    """Hidden states -> one ``(B, T, D)`` tensor for a downstream head.
+
+    layer="weighted": SUPERB's learnable sum, ``sum_l softmax(w)_l * h_l`` with
+        ``w`` initialised to zeros (all layers equal); with ``layer_norm=True``
+        each state is first normalised over D (no affine), as s3prl's option does.
+    layer=int: that hidden state (negative counts from the top); "last": the top.
+
+    ``upstream`` is an :class:`Upstream` or the list of its hidden sizes (enough
+    when features come from a cache).
+    """
+
+    def __init__(
+        self, upstream: Upstream | Sequence[int], layer: str | int = "weighted", layer_norm: bool = False
+    ) -> None:
+        super().__init__()
+        sizes = list(upstream.hidden_sizes if isinstance(upstream, Upstream) else upstream)
+        if not sizes:
+            raise ConfigError("Featurizer: the upstream has no hidden states")
+        self.num_layers = len(sizes)
+        self.layer_norm = layer_norm
+        if layer == "last":
+            layer = self.num_layers - 1
+        if layer == "weighted":
+            if len(set(sizes)) != 1:
+                raise ConfigError(
+                    f"Featurizer: layer='weighted' needs hidden states of one size, got {sizes}; "
+                    "choose one layer (an int or 'last')"
+                )
+            self.layer = None
+            self.weights = nn.Parameter(torch.zeros(self.num_layers))
+            self.output_size = sizes[0]
+        elif isinstance(layer, int) and not isinstance(layer, bool):
+            if not -self.num_layers <= layer < self.num_layers:
+                raise ConfigError(
+                    f"Featurizer: layer {layer} out of range for {self.num_layers} hidden states"
+                )
+            self.layer = layer % self.num_layers
+            self.output_size = sizes[self.layer]
+        else:
+            raise ConfigError(f"Featurizer: layer must be 'weighted', 'last' or an int, got {layer!r}")
+
+    def layer_weights(self) -> torch.Tensor:
+        """``(L,)`` softmax-normalised weights (one-hot for a fixed layer)."""
+        if self.layer is not None:
+            return F.one_hot(torch.tensor(self.layer), self.num_layers).float()
+        return torch.softmax(self.weights.detach(), dim=0)
+
+    def forward(
+        self, feats: Features | Sequence[torch.Tensor], lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (or hidden states and lengths) -> ``(B, T, D)`` with zero padding, ``(B,)`` lengths."""
+        if isinstance(feats, Features):
+            hidden_states, lengths = feats.hidden_states, feats.lengths
+        else:
+            hidden_states = list(feats)
+        if lengths is None:
+            raise ValueError("Featurizer: lengths are required with a list of hidden states")
+        if len(hidden_states) != self.num_layers:
+            raise ValueError(
+                f"Featurizer: expected {self.num_layers} hidden states, got {len(hidden_states)}"
+            )
+        if self.layer is not None:
+            x = self._normalise(hidden_states[self.layer])
+        else:
+            stacked = torch.stack([self._normalise(h) for h in hidden_states])  # (L, B, T, D)
+            weights = torch.softmax(self.weights, dim=0).to(stacked.dtype)
+            x = torch.einsum("l,lbtd->btd", weights, stacked)
+        x = x.masked_fill(~lengths_to_mask(lengths, x.shape[1])[..., None], 0.0)
+        return x, lengths
+
+    def _normalise(self, h: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(h, h.shape[-1:]) if self.layer_norm else h

@@ -1,0 +1,105 @@
+"""Upstream registry: a name -> (model class, config dataclass).
+
+Each file of the ``upstream`` package calls :func:`register` at import; the core
+never imports a model by name, it imports the package's modules on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from speechssl.errors import CheckpointError, ConfigError
+
+
+@dataclass(frozen=True)
+class UpstreamEntry:
+    name: str
+    cls: type
+    config_cls: type
+    tiny: dict[str, Any] = field(default_factory=dict)  # overrides for a model small enough for tests
+
+
+_REGISTRY: dict[str, UpstreamEntry] = {}
+_discovered = False
+
+
+def register(name: str, cls: type, config_cls: type, *, tiny: dict[str, Any] | None = None) -> None:
+    """Make ``cls`` loadable as ``name``; ``tiny`` overrides give a test-sized model."""
+    if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+        raise ConfigError(f"upstream '{name}' registered twice ({_REGISTRY[name].cls} and {cls})")
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"{name}: config class {config_cls} is not a dataclass")
+    _REGISTRY[name] = UpstreamEntry(name, cls, config_cls, dict(tiny or {}))
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    import upstream
+
+    for module in pkgutil.iter_modules(upstream.__path__):
+        if module.name != "modules" and not module.name.startswith("_"):
+            importlib.import_module(f"upstream.{module.name}")
+    _discovered = True
+
+
+def list_upstreams() -> list[str]:
+    """Names of every registered upstream, sorted."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> UpstreamEntry:
+    _discover()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown upstream '{name}'; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def make_config(name: str, **overrides: Any):
+    """The upstream's config dataclass with ``overrides`` applied; a misspelt key raises."""
+    entry = get_entry(name)
+    known = {f.name for f in dataclasses.fields(entry.config_cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(
+            f"upstream '{name}': unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return entry.config_cls(**overrides)
+
+
+def build_upstream(name: str, **overrides: Any):
+    """A freshly initialised upstream ``name`` with config ``overrides``."""
+    entry = get_entry(name)
+    model = entry.cls(make_config(name, **overrides))
+    model.name = name
+    return model
+
+
+def load_upstream(name: str, ckpt: str | os.PathLike | None = None, **overrides: Any):
+    """Upstream ``name``, with the weights and config of ``ckpt`` if given, in eval mode.
+
+    ``ckpt`` is a speechssl checkpoint (a ``.safetensors`` file or a run/checkpoint
+    folder holding one). The config saved with it is used, ``overrides`` on top.
+    A checkpoint of another model raises :class:`CheckpointError`.
+    """
+    from speechssl.checkpoint import read_upstream_checkpoint
+
+    if ckpt is None:
+        model = build_upstream(name, **overrides)
+        return model.eval()
+    saved_name, config, state = read_upstream_checkpoint(ckpt)
+    if saved_name != name:
+        raise CheckpointError(f"{ckpt}: holds a '{saved_name}' upstream, not '{name}'")
+    model = build_upstream(name, **{**config, **overrides})
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt}: weights do not fit upstream '{name}': {e}") from e
+    return model.eval()

@@ -1,0 +1,102 @@
+"""Baseline upstreams: acoustic front-ends with no learned weights (SUPERB's FBANK row).
+
+Each returns one hidden state, the features themselves, at 100 frames a second
+(``downsample_rate`` 160). With ``cmvn`` (default) each utterance is normalised
+over its own valid frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from speechssl import features
+from speechssl.frames import frames_centered, frames_snip_edges
+from speechssl.interface import Features, Upstream
+from speechssl.registry import register
+
+
+@dataclass
+class FbankConfig:
+    num_mel_bins: int = 80
+    cmvn: bool = True
+
+
+@dataclass
+class MFCCConfig:
+    num_ceps: int = 13
+    deltas: bool = True  # Δ and ΔΔ: 39-d, the features HuBERT's first iteration clusters
+    cmvn: bool = True
+
+
+@dataclass
+class MelConfig:
+    n_mels: int = 80
+    cmvn: bool = True
+
+
+class _FrontEnd(Upstream):
+    downsample_rate = features.HOP
+
+    def front_end(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Features:
+        feats, lengths = self.front_end(wavs, wav_lens)  # (B, T, D)
+        if self.config.cmvn:
+            feats = features.cmvn(feats, lengths)
+        return Features([feats], lengths)
+
+
+class Fbank(_FrontEnd):
+    """Kaldi log-mel filterbank (:func:`speechssl.features.fbank`), Kaldi framing."""
+
+    min_samples = features.WINDOW
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return [self.config.num_mel_bins]
+
+    def num_frames(self, wav_lens):
+        return frames_snip_edges(wav_lens, features.WINDOW, features.HOP)
+
+    def front_end(self, wavs, wav_lens):
+        return features.fbank(wavs, wav_lens, self.config.num_mel_bins)
+
+
+class MFCC(_FrontEnd):
+    """Kaldi MFCC with Δ and ΔΔ (:func:`speechssl.features.mfcc`), Kaldi framing."""
+
+    min_samples = features.WINDOW
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return [self.config.num_ceps * (3 if self.config.deltas else 1)]
+
+    def num_frames(self, wav_lens):
+        return frames_snip_edges(wav_lens, features.WINDOW, features.HOP)
+
+    def front_end(self, wavs, wav_lens):
+        return features.mfcc(wavs, wav_lens, self.config.num_ceps, deltas=self.config.deltas)
+
+
+class Mel(_FrontEnd):
+    """librosa-compatible log-mel (:func:`speechssl.features.log_mel`), centred frames."""
+
+    min_samples = 1
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return [self.config.n_mels]
+
+    def num_frames(self, wav_lens):
+        return frames_centered(wav_lens, features.HOP)
+
+    def front_end(self, wavs, wav_lens):
+        return features.log_mel(wavs, wav_lens, self.config.n_mels)
+
+
+register("fbank", Fbank, FbankConfig)
+register("mfcc", MFCC, MFCCConfig)
+register("mel", Mel, MelConfig)
