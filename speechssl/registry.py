@@ -22,19 +22,32 @@ class UpstreamEntry:
     cls: type
     config_cls: type
     tiny: dict[str, Any] = field(default_factory=dict)  # overrides for a model small enough for tests
+    objective: type | None = None  # pretraining objective: objective_cls(upstream)(wavs, wav_lens, generator)
 
 
 _REGISTRY: dict[str, UpstreamEntry] = {}
 _discovered = False
 
 
-def register(name: str, cls: type, config_cls: type, *, tiny: dict[str, Any] | None = None) -> None:
-    """Make ``cls`` loadable as ``name``; ``tiny`` overrides give a test-sized model."""
+def register(
+    name: str,
+    cls: type,
+    config_cls: type,
+    *,
+    objective: type | None = None,
+    tiny: dict[str, Any] | None = None,
+) -> None:
+    """Make ``cls`` loadable (and, with an ``objective``, pretrainable) as ``name``.
+
+    ``objective(upstream)`` is an ``nn.Module`` whose ``forward(wavs, wav_lens,
+    generator=None)`` returns ``(loss, logs)``: a scalar loss and a dict of
+    detached scalar tensors to log. ``tiny`` overrides give a test-sized model.
+    """
     if name in _REGISTRY and _REGISTRY[name].cls is not cls:
         raise ConfigError(f"upstream '{name}' registered twice ({_REGISTRY[name].cls} and {cls})")
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{name}: config class {config_cls} is not a dataclass")
-    _REGISTRY[name] = UpstreamEntry(name, cls, config_cls, dict(tiny or {}))
+    _REGISTRY[name] = UpstreamEntry(name, cls, config_cls, dict(tiny or {}), objective)
 
 
 def _discover() -> None:
