@@ -18,13 +18,12 @@ import torch
 from tqdm import tqdm
 
 from speechssl.checkpoint import atomic_write, save_tensors
-from speechssl.data.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, audio_info, collate, load_audio
+from speechssl.data.audio import SAMPLE_RATE, audio_info, collate, find_audio, load_audio
 from speechssl.errors import AudioError, ConfigError
 from speechssl.interface import Featurizer, Upstream
 
 log = logging.getLogger(__name__)
 
-LIST_EXTENSIONS = (".txt", ".lst", ".list", ".scp")
 INDEX_FILE = "index.tsv"
 
 
@@ -32,31 +31,6 @@ INDEX_FILE = "index.tsv"
 class ExtractReport:
     written: list[str] = field(default_factory=list)  # utterance ids
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-
-
-def find_audio(source: str | os.PathLike) -> list[tuple[str, Path]]:
-    """``(utterance id, path)`` for an audio file, a folder (recursive) or a list file.
-
-    A list file (``.txt .lst .list .scp``) holds one path a line (the first
-    tab-separated column), relative to the list's folder unless absolute. Ids are
-    paths relative to the folder (or the files' common folder), without extension.
-    """
-    source = Path(source)
-    if not source.exists():
-        raise ConfigError(f"input {source}: no such file or folder")
-    if source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-        root = source
-    elif source.suffix.lower() in LIST_EXTENSIONS:
-        lines = [line.split("\t")[0].strip() for line in source.read_text().splitlines()]
-        paths = [p if p.is_absolute() else source.parent / p for p in map(Path, filter(None, lines))]
-        root = Path(os.path.commonpath([p.parent.resolve() for p in paths])) if paths else source.parent
-        paths = [p.resolve() for p in paths]
-    else:
-        return [(source.stem, source)]
-    if not paths:
-        raise ConfigError(f"input {source}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
-    return [(str(p.relative_to(root).with_suffix("")), p) for p in paths]
 
 
 def plan_batches(num_samples: list[int], max_samples: int) -> list[list[int]]:

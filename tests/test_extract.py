@@ -11,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import speechssl
-from speechssl.extract import find_audio, plan_batches
+from speechssl.data.audio import find_audio
+from speechssl.extract import plan_batches
 
 
 def speechssl_cli(*args, cwd):

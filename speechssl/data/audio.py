@@ -16,12 +16,13 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 
-from speechssl.errors import AudioError
+from speechssl.errors import AudioError, ConfigError
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".sph")
+LIST_EXTENSIONS = (".txt", ".lst", ".list", ".scp")
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
@@ -76,6 +77,31 @@ def _check_file(path: Path) -> None:
         raise AudioError(f"{path}: is a directory, not an audio file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
+
+
+def find_audio(source: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``(utterance id, path)`` for an audio file, a folder (recursive) or a list file.
+
+    A list file (``.txt .lst .list .scp``) holds one path a line (the first
+    tab-separated column), relative to the list's folder unless absolute. Ids are
+    paths relative to the folder (or the files' common folder), without extension.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise ConfigError(f"input {source}: no such file or folder")
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        root = source
+    elif source.suffix.lower() in LIST_EXTENSIONS:
+        lines = [line.split("\t")[0].strip() for line in source.read_text().splitlines()]
+        paths = [p if p.is_absolute() else source.parent / p for p in map(Path, filter(None, lines))]
+        root = Path(os.path.commonpath([p.parent.resolve() for p in paths])) if paths else source.parent
+        paths = [p.resolve() for p in paths]
+    else:
+        return [(source.stem, source)]
+    if not paths:
+        raise ConfigError(f"input {source}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
+    return [(str(p.relative_to(root).with_suffix("")), p) for p in paths]
 
 
 def save_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> None:
