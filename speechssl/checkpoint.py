@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -95,3 +96,98 @@ def read_upstream_checkpoint(path: str | os.PathLike) -> tuple[str, dict[str, An
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{file}: config in the checkpoint header is missing or corrupt") from e
     return metadata["upstream"], config, state
+
+
+# ---------------------------------------------------------------------------
+# Training checkpoints: RUN_DIR/checkpoints/step_NNNNNNN/ with
+#   model.safetensors    the upstream alone (load_upstream(name, ckpt=that folder))
+#   train.safetensors    every trained weight (objective heads, downstream head, ...)
+#   trainer_state.pt     optimizer, scheduler, step, data position, RNG states:
+#                        tensors and plain containers only, read with weights_only=True
+# RUN_DIR/last and RUN_DIR/best are symbolic links to step folders.
+
+TRAIN_WEIGHTS = "train.safetensors"
+TRAINER_STATE = "trainer_state.pt"
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _point(link: Path, target: Path) -> None:
+    """Atomically make ``link`` a relative symbolic link to ``target``."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(target, link.parent))
+    os.replace(tmp, link)
+
+
+class CheckpointManager:
+    """Writes step folders atomically, keeps ``last``, ``best`` and the newest ``keep`` folders.
+
+    A folder is written under a temporary name and renamed when complete, so a
+    run killed at any moment leaves only complete checkpoints behind.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int = 2) -> None:
+        self.run_dir = Path(run_dir)
+        self.folder = self.run_dir / "checkpoints"
+        self.keep = max(1, keep)
+
+    @property
+    def last(self) -> Path | None:
+        link = self.run_dir / "last"
+        return link.resolve() if link.exists() else None
+
+    def save(
+        self,
+        step: int,
+        weights: dict[str, torch.Tensor],
+        state: dict[str, Any],
+        export: Callable[[Path], None] | None = None,
+        best: bool = False,
+    ) -> Path:
+        final = self.folder / f"step_{step:07d}"
+        tmp = self.folder / f".step_{step:07d}.tmp"
+        if tmp.exists():
+            _remove_tree(tmp)
+        tmp.mkdir(parents=True)
+        save_tensors(tmp / TRAIN_WEIGHTS, weights, {"format": "speechssl-train-1"})
+        torch.save(state, tmp / TRAINER_STATE)
+        _fsync_path(tmp / TRAINER_STATE)
+        if export is not None:
+            export(tmp)
+        if final.exists():
+            _remove_tree(final)
+        os.rename(tmp, final)
+        _fsync_path(self.folder)
+        _point(self.run_dir / "last", final)
+        if best:
+            _point(self.run_dir / "best", final)
+        self._prune()
+        return final
+
+    def load(self, folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """``(weights, trainer state)`` of a step folder; a corrupt one raises CheckpointError."""
+        try:
+            weights = load_file(str(folder / TRAIN_WEIGHTS))
+            state = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+        except (safetensors.SafetensorError, OSError, RuntimeError, EOFError) as e:
+            raise CheckpointError(f"{folder}: unreadable training checkpoint ({e})") from e
+        return weights, state
+
+    def _prune(self) -> None:
+        pinned = {p.resolve() for p in (self.run_dir / "last", self.run_dir / "best") if p.exists()}
+        steps = sorted(self.folder.glob("step_*"))
+        for old in steps[: -self.keep]:
+            if old.resolve() not in pinned:
+                _remove_tree(old)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path)

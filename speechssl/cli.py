@@ -53,19 +53,52 @@ def run_extract(cfg) -> int:
     return 0
 
 
+def dataset_from_config(cfg, max_seconds: float | None):
+    """The training audio of ``cfg.data``: every audio file under ``data.root``."""
+    from speechssl.data.dataset import AudioDataset
+    from speechssl.errors import ConfigError
+
+    if not cfg.data.root:
+        raise ConfigError("no corpus: set data.root=DIR (or choose data=superb_lite)")
+    max_samples = int(max_seconds * 16000) if max_seconds else None
+    return AudioDataset.from_folder(cfg.data.root, max_samples)
+
+
+def run_pretrain(cfg) -> int:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from speechssl.pretrain import pretrain
+    from speechssl.trainer import TrainerConfig
+
+    trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    node = OmegaConf.to_container(cfg.upstream, resolve=True)
+    name = node.pop("name")
+    node.pop("ckpt", None)
+    run_dir = HydraConfig.get().runtime.output_dir
+    results = pretrain(
+        name, dataset_from_config(cfg, trainer_cfg.max_seconds), trainer_cfg, run_dir, device=cfg.device, overrides=node
+    )
+    log.info("done: step %s, loss %s; upstream checkpoint %s/last", results["step"], results["train_loss"], run_dir)
+    return 0
+
+
 # name -> (function, one-line summary); the function returns the exit status.
 COMMANDS: dict[str, tuple[Callable, str]] = {
+    "pretrain": (run_pretrain, "pretrain an upstream with its self-supervised objective (resumes a run folder)"),
     "extract": (run_extract, "extract features of audio files with any upstream to safetensors"),
 }
 
 
-def _register_upstream_schemas() -> None:
-    """One structured config per upstream: its dataclass plus ``name`` and ``ckpt``."""
+def _register_schemas() -> None:
+    """Structured configs: the trainer's dataclass, and per upstream its dataclass plus ``name`` and ``ckpt``."""
     from hydra.core.config_store import ConfigStore
 
     from speechssl.registry import get_entry, list_upstreams
+    from speechssl.trainer import TrainerConfig
 
     store = ConfigStore.instance()
+    store.store(group="trainer_schema", name="trainer", node=TrainerConfig)
     for name in list_upstreams():
         entry = get_entry(name)
         schema = dataclasses.make_dataclass(
@@ -106,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", e)
             status = 1
 
-    _register_upstream_schemas()
+    _register_schemas()
     sys.argv = [f"speechssl-{command}", *rest]
     hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=command)(task)()
     return status

@@ -1,0 +1,316 @@
+"""One training loop for pretraining and downstream training.
+
+The loop reads top to bottom: draw the next global batch (dynamic, by padded
+duration), take this process's share, run ``loss_fn`` under autocast, accumulate,
+clip, step AdamW and the warm-up/decay schedule, log, checkpoint. A run folder
+holds everything: TensorBoard scalars (``tb/``), ``metrics.jsonl``, step
+checkpoints with ``last``/``best`` links, ``results.json``. A run started again
+in the same folder resumes from ``last``: model, optimizer, schedule, RNG states
+and the position in the data order, so it reaches the same weights as a run that
+was never stopped.
+
+Several processes: start with ``torchrun``; the loop joins the process group
+(gloo on CPU, NCCL on GPU) and wraps the model in DDP. Every process computes the
+same global batches and takes every ``world_size``-th utterance of each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from speechssl.checkpoint import CheckpointManager, atomic_write
+from speechssl.data.sampler import epoch_batches, shard
+from speechssl.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 10000
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 1000
+    decay: str = "linear"  # linear | cosine | constant, after warm-up
+    grad_accum: int = 1
+    clip_norm: float = 10.0  # 0 turns clipping off
+    precision: str = "fp32"  # fp32 | bf16 (CUDA, or CPUs with bf16) | fp16 (CUDA)
+    batch_seconds: float = 80.0  # padded audio per micro-batch, all processes together
+    max_seconds: Optional[float] = 15.0  # longer utterances are cut (pretraining)
+    num_workers: int = 0
+    log_every: int = 10
+    save_every: int = 1000
+    keep: int = 2
+    seed: int = 0
+
+
+def lr_factor(step: int, cfg: TrainerConfig) -> float:
+    """Multiplier of ``cfg.lr`` at ``step``: linear warm-up, then linear/cosine decay to 0, or constant."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.decay == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, progress)
+    if cfg.decay == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def check_config(cfg: TrainerConfig, device: str) -> None:
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={cfg.precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if cfg.precision == "fp16" and not device.startswith("cuda"):
+        raise ConfigError("trainer.precision=fp16 needs CUDA; on a CPU use bf16 or fp32")
+    if cfg.decay not in ("linear", "cosine", "constant"):
+        raise ConfigError(f"trainer.decay={cfg.decay!r}; expected linear, cosine or constant")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device}, but CUDA is not available on this machine")
+    if cfg.max_steps < 1 or cfg.grad_accum < 1:
+        raise ConfigError("trainer.max_steps and trainer.grad_accum must be at least 1")
+
+
+def default_loss(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+    """A pretraining objective's call: ``model(wavs, wav_lens, generator=...) -> (loss, logs)``."""
+    return model(batch["wavs"], batch["wav_lens"], generator=generator)
+
+
+class Trainer:
+    """Trains ``model`` (an objective or a head) with ``loss_fn(model, batch, generator) -> (loss, logs)``.
+
+    ``export(folder)`` writes extra files into each checkpoint folder (the upstream
+    as ``model.safetensors``). ``evaluate(model) -> {name: value}`` runs at every
+    checkpoint; ``select=(name, "min"|"max")`` picks ``best`` by it (by default the
+    training loss since the previous checkpoint, lower is better).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainerConfig,
+        run_dir: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        loss_fn: Callable = default_loss,
+        export: Callable[[Path], None] | None = None,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        select: tuple[str, str] = ("train_loss", "min"),
+    ) -> None:
+        self.rank, self.world_size, device = _init_distributed(device)
+        check_config(cfg, device)
+        self.cfg, self.device = cfg, torch.device(device)
+        self.run_dir = Path(run_dir)
+        self.model = model.to(self.device)
+        self.loss_fn, self.export, self.evaluate, self.select = loss_fn, export, evaluate, select
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
+        self.checkpoints = CheckpointManager(self.run_dir, cfg.keep)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best: float | None = None
+        self.last_loss: float | None = None
+        self.wrapped = nn.parallel.DistributedDataParallel(self.model) if self.world_size > 1 else self.model
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def fit(self, dataset, collate: Callable) -> dict[str, Any]:
+        """Train to ``cfg.max_steps`` (resuming from ``run_dir/last`` if present); returns the results."""
+        self.resume()
+        if self.step >= self.cfg.max_steps:
+            log.info("already at step %d of %d: nothing to train", self.step, self.cfg.max_steps)
+            return self._read_results()
+        writer = self._tensorboard()
+        batches = self._micro_batches(dataset, collate)
+        autocast = self._autocast()
+        interval_losses: list[torch.Tensor] = []
+        started = time.monotonic()
+        progress = tqdm(
+            total=self.cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not self.is_main
+        )
+        self.wrapped.train()
+        while self.step < self.cfg.max_steps:
+            logs_sum: dict[str, torch.Tensor] = {}  # detached, read on the host only when logged
+            for micro in range(self.cfg.grad_accum):
+                position, batch = next(batches)
+                sync = micro == self.cfg.grad_accum - 1 or self.world_size == 1
+                with autocast, (contextlib.nullcontext() if sync else self.wrapped.no_sync()):
+                    loss, logs = self.loss_fn(self.wrapped, batch, self.generator)
+                    self.scaler.scale(loss / self.cfg.grad_accum).backward()
+                for k, v in {"loss": loss.detach(), **logs}.items():
+                    logs_sum[k] = logs_sum.get(k, 0.0) + v.float() / self.cfg.grad_accum
+            grad_norm = self._optimizer_step()
+            self.step += 1
+            self.epoch, self.batch_in_epoch = position[0], position[1] + 1
+            interval_losses.append(logs_sum["loss"])
+            progress.update(1)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
+                scalars = {k: float(v) for k, v in logs_sum.items()}
+                scalars.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+                progress.set_postfix(loss=f"{scalars['loss']:.4f}")
+                self._log(writer, scalars)
+            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps:
+                self.save(float(torch.stack(interval_losses).mean()))
+                interval_losses = []
+        progress.close()
+        if writer is not None:
+            writer.close()
+        results = {"step": self.step, "train_loss": self.last_loss, "best": self.best, "world_size": self.world_size,
+                   "elapsed_s": round(time.monotonic() - started, 2), "trainer": asdict(self.cfg)}
+        if self.is_main:
+            atomic_write(self.run_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+        return results
+
+    def _micro_batches(self, dataset, collate):
+        """``((epoch, batch index), batch on device)`` forever, from the saved data position."""
+        max_samples = int(self.cfg.batch_seconds * SAMPLE_RATE)
+        order = epoch_batches(
+            dataset.num_samples(), max_samples, seed=self.cfg.seed, start_epoch=self.epoch, skip=self.batch_in_epoch
+        )
+        positions = []
+
+        def local_batches():
+            for epoch, index, batch in order:
+                positions.append((epoch, index))
+                yield shard(batch, self.rank, self.world_size) or batch[:1]
+
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=local_batches(), collate_fn=collate, num_workers=self.cfg.num_workers
+        )
+        for batch in loader:
+            yield positions.pop(0), {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _optimizer_step(self) -> torch.Tensor:
+        self.scaler.unscale_(self.optimizer)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.cfg.clip_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return norm.detach()
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.cfg.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # -- logging -----------------------------------------------------------------------
+
+    def _tensorboard(self):
+        if not self.is_main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._truncate_metrics()
+        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step + 1)
+
+    def _log(self, writer, scalars: dict[str, float]) -> None:
+        self.last_loss = scalars["loss"]
+        if not self.is_main:
+            return
+        for k, v in scalars.items():
+            writer.add_scalar(f"train/{k}", v, self.step)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, **{k: round(v, 6) for k, v in scalars.items()}}) + "\n")
+        log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+
+    def _truncate_metrics(self) -> None:
+        """On resume, drop metric lines past the restored step (written after the last checkpoint)."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in keep)))
+
+    def _read_results(self) -> dict[str, Any]:
+        path = self.run_dir / "results.json"
+        return json.loads(path.read_text()) if path.exists() else {"step": self.step}
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def save(self, train_loss: float) -> None:
+        metrics = {"train_loss": train_loss}
+        if self.evaluate is not None:
+            self.model.eval()
+            with torch.no_grad():
+                metrics.update(self.evaluate(self.model))
+            self.model.train()
+        name, mode = self.select
+        value = metrics[name]
+        improved = self.best is None or (value < self.best if mode == "min" else value > self.best)
+        if improved:
+            self.best = value
+        if self.is_main:
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "best": self.best,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_generator": self.generator.get_state(),
+                "world_size": self.world_size,
+            }
+            self.checkpoints.save(self.step, self.model.state_dict(), state, self.export, best=improved)
+        if self.world_size > 1:
+            dist.barrier()
+
+    def resume(self) -> None:
+        folder = self.checkpoints.last
+        if folder is None:
+            return
+        weights, state = self.checkpoints.load(folder)
+        try:
+            self.model.load_state_dict(weights, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{folder}: checkpoint of another model or config: {e}") from e
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["world_size"] == self.world_size:
+            self.generator.set_state(state["rng_generator"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best = state["best"]
+        log.info("resumed from %s at step %d", folder, self.step)
+
+
+def _init_distributed(device: str) -> tuple[int, int, str]:
+    """Join the torchrun process group if there is one; returns (rank, world size, device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
