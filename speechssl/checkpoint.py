@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -177,8 +178,8 @@ class CheckpointManager:
         try:
             weights = load_file(str(folder / TRAIN_WEIGHTS))
             state = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
-        except (safetensors.SafetensorError, OSError, RuntimeError, EOFError) as e:
-            raise CheckpointError(f"{folder}: unreadable training checkpoint ({e})") from e
+        except (safetensors.SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise CheckpointError(f"{folder}: unreadable training checkpoint ({str(e).splitlines()[0]})") from e
         return weights, state
 
     def _prune(self) -> None:
