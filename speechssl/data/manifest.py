@@ -10,8 +10,8 @@ newlines.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from speechssl.errors import ConfigError
 

@@ -70,7 +70,10 @@ class Renderer:
         step = int(rng.choice(A.SPEED_STEPS)) if speed else 0
         y, factor = A.resample(syn.samples, step)
         y = A.colour(y, speaker.timbre, speaker.tilt_db + preset.tilt_db)
-        scale = lambda s: min(int(round(s * factor)), len(y))  # noqa: E731
+
+        def scale(sample: int) -> int:  # an eSpeak sample index at 16 kHz
+            return min(round(sample * factor), len(y))
+
         phones = [(p, scale(s), scale(e)) for p, s, e in syn.phones]
         words = [(t, scale(s), scale(e)) for t, s, e in syn.words]
         return y, phones, words
