@@ -13,19 +13,21 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 from pathlib import Path
 
 from tqdm import tqdm
 
+from speechssl.data.synth.espeak import SynthError
 from speechssl.data.synth.plan import Job, Plan, make_plan
+from speechssl.data.synth.render import Renderer
 from speechssl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 CHUNK = 32
 FORMAT_VERSION = 1
-_WORKER: dict = {}  # the plan and root of this worker process
 
 
 def synthesize(out_dir, size: str = "tiny", seed: int = 0, num_workers: int | None = None) -> Path:
@@ -78,12 +80,36 @@ def _run_phase(plan: Plan, root: Path, phase: str, jobs: list[Job], workers: int
             bar.update(len(chunk))
     if todo:
         log.info("%s: %d of %d chunks to render", phase, len(todo), len(chunks))
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with context.Pool(min(workers, len(todo)), maxtasksperchild=1, initializer=_init_worker, initargs=(plan, root)) as pool:
-            for k, found in pool.imap_unordered(_render_chunk, [(phase, k, chunks[k]) for k in todo]):
-                done.update({r["index"]: r for r in found})
-                bar.update(len(chunks[k]))
+        for k in _render_in_processes(plan, root, phase, [(k, chunks[k]) for k in todo], workers):
+            done.update({r["index"]: r for r in json.loads(_state_path(root, phase, k).read_text())["results"]})
+            bar.update(len(chunks[k]))
     return done
+
+
+def _render_in_processes(plan: Plan, root: Path, phase: str, chunks: list[tuple[int, list[Job]]], workers: int):
+    """Render each chunk in a new process, ``workers`` at a time; yield chunk numbers as they finish.
+
+    A process per chunk (not a pool) gives every chunk a fresh eSpeak engine; a forked
+    child inherits the plan and the imported modules, so starting one costs milliseconds.
+    """
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    pending, running = list(chunks), {}
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                k, chunk = pending.pop(0)
+                process = context.Process(target=_render_chunk, args=(plan, root, phase, k, chunk), daemon=True)
+                process.start()
+                running[process.sentinel] = (process, k)
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                process, k = running.pop(sentinel)
+                process.join()
+                if process.exitcode != 0:
+                    raise SynthError(f"{root}: rendering chunk {phase}-{k} failed (exit code {process.exitcode})")
+                yield k
+    finally:
+        for process, _ in running.values():
+            process.terminate()
 
 
 def _state_path(root: Path, phase: str, k: int) -> Path:
@@ -106,18 +132,11 @@ def _finished(root: Path, phase: str, k: int, chunk: list[Job]) -> list[dict] | 
     return saved["results"]
 
 
-def _init_worker(plan: Plan, root: Path) -> None:
-    _WORKER.update(plan=plan, root=root)
-
-
-def _render_chunk(task: tuple[str, int, list[Job]]) -> tuple[int, list[dict]]:
-    from speechssl.data.synth.render import Renderer
-
-    phase, k, chunk = task
-    render = Renderer(_WORKER["plan"], _WORKER["root"])
+def _render_chunk(plan: Plan, root: Path, phase: str, k: int, chunk: list[Job]) -> None:
+    """In a child process: render the chunk's files, then record their labels and hashes."""
+    render = Renderer(plan, root)
     results = [render(job) for job in chunk]
-    path = _state_path(_WORKER["root"], phase, k)
+    path = _state_path(root, phase, k)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"ids": [j.id for j in chunk], "results": results}))
     tmp.replace(path)
-    return k, results

@@ -19,7 +19,8 @@ a grammar over a hand-written lexicon and pronounceable pseudo-words.
 Made with: `speechssl synth out=DIR size={size} seed={seed}` (byte-identical on rerun).
 
 Manifests are TSV (`<task>/<split>.tsv`; read them with `speechssl.data.manifest.read_manifest`);
-audio paths are relative to the manifest's directory; times are in samples at 16 kHz.
+audio paths are relative to the manifest's directory; times are in samples at 16 kHz. `.state/` holds
+the hash of every file, so that a rerun skips and verifies finished work.
 """
 
 

@@ -69,7 +69,7 @@ KS_CLASSES = (*T.KEYWORDS, T.UNKNOWN, T.SILENCE)
 class Job:
     """One audio file to render.
 
-    ``kind``: speech | keyword | silence | conversation | babble | noise. ``path`` is
+    ``kind``: speech | keyword | query | silence | conversation | babble | noise. ``path`` is
     relative to the corpus root. ``rows`` lists the (task, split) manifests the file
     appears in; ``labels`` holds the task columns known before rendering.
     """
@@ -231,7 +231,7 @@ def _qbe(b: _Builder) -> dict[str, list[str]]:
         used |= set(terms)
         terms_of_split[split] = terms
         for term in terms:  # a query is a word spoken alone by a training speaker
-            b.add("keyword", "qbe", f"{split}_queries", speaker=b.pick(rng, "train"), utterance=T.Utterance([term]),
+            b.add("query", "qbe", f"{split}_queries", speaker=b.pick(rng, "train"), utterance=T.Utterance([term]),
                   labels={"term": term}, rows=[("qbe", f"{split}_queries")])  # fmt: skip
         for d in range(b.size.qbe_docs):  # documents by unseen speakers; two in three hold a term
             term = terms[d % len(terms)] if rng.random() < 2 / 3 else None

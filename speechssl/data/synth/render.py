@@ -111,14 +111,22 @@ class Renderer:
 
     # keyword spotting and query-by-example: one word in a short clip ----------------
     def _keyword(self, job: Job, rng):
+        """Speech Commands style: the word at a random offset in a 1-s clip."""
+        return self._word(job, rng, clip_seconds=1.0)
+
+    def _query(self, job: Job, rng):
+        """A spoken query: the word alone, with short margins."""
+        return self._word(job, rng, clip_seconds=None)
+
+    def _word(self, job: Job, rng, clip_seconds: float | None):
         y, phones, _ = self._voice(job.speaker, job.utterance, rng)
         start = max(0, phones[0][1] - int(0.03 * SR)) if phones else 0
         end = min(len(y), phones[-1][2] + int(0.05 * SR)) if phones else len(y)
         word = y[start:end][:SR]
-        if job.id.startswith("ks"):  # a 1-s clip with the word at a random offset
-            offset = int(rng.integers(SR - len(word) + 1))
-            clip = np.zeros(SR)
-        else:  # a query: the word with short margins
+        if clip_seconds:
+            offset = int(rng.integers(int(clip_seconds * SR) - len(word) + 1))
+            clip = np.zeros(int(clip_seconds * SR))
+        else:
             offset = int(rng.uniform(0.05, 0.15) * SR)
             clip = np.zeros(len(word) + 2 * offset)
         clip[offset : offset + len(word)] = word
