@@ -54,14 +54,30 @@ def run_extract(cfg) -> int:
 
 
 def dataset_from_config(cfg, max_seconds: float | None):
-    """The training audio of ``cfg.data``: every audio file under ``data.root``."""
+    """The pretraining audio of ``cfg.data``: its ``pretrain`` manifest, else every audio file under ``root``."""
     from speechssl.data.dataset import AudioDataset
     from speechssl.errors import ConfigError
 
-    if not cfg.data.root:
-        raise ConfigError("no corpus: set data.root=DIR (or choose data=superb_lite)")
+    root = Path(cfg.data.root)
     max_samples = int(max_seconds * 16000) if max_seconds else None
-    return AudioDataset.from_folder(cfg.data.root, max_samples)
+    manifest = cfg.data.get("manifests", {}).get("pretrain", {}).get("train")
+    if manifest:
+        if not (root / manifest).exists():
+            raise ConfigError(
+                f"{root / manifest}: no such manifest; make the corpus with "
+                f"`speechssl synth out={root} size=small` or set data.root=DIR"
+            )
+        return AudioDataset.from_manifest(root / manifest, max_samples)
+    if not root.is_dir():
+        raise ConfigError(f"data.root={root}: no such folder")
+    return AudioDataset.from_folder(root, max_samples)
+
+
+def run_synth(cfg) -> int:
+    from speechssl.data.synth import synthesize
+
+    synthesize(cfg.out, size=cfg.size, seed=int(cfg.seed), num_workers=cfg.num_workers)
+    return 0
 
 
 def run_pretrain(cfg) -> int:
@@ -85,6 +101,7 @@ def run_pretrain(cfg) -> int:
 
 # name -> (function, one-line summary); the function returns the exit status.
 COMMANDS: dict[str, tuple[Callable, str]] = {
+    "synth": (run_synth, "write the offline SUPERB-lite corpus (synthesized speech, labels for every task)"),
     "pretrain": (run_pretrain, "pretrain an upstream with its self-supervised objective (resumes a run folder)"),
     "extract": (run_extract, "extract features of audio files with any upstream to safetensors"),
 }

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from speechssl.data.audio import SAMPLE_RATE, audio_info, collate, find_audio, load_audio
+from speechssl.data.manifest import read_manifest
 from speechssl.errors import ConfigError
 
 
@@ -51,6 +52,13 @@ class AudioDataset(torch.utils.data.Dataset):
             frames, rate, _ = audio_info(path)
             utterances.append(Utterance(utt_id, path, round(frames * SAMPLE_RATE / rate)))
         return cls(utterances, max_samples)
+
+
+    @classmethod
+    def from_manifest(cls, path: str | Path, max_samples: int | None = None) -> "AudioDataset":
+        """The utterances of a TSV manifest (:mod:`speechssl.data.manifest`)."""
+        rows = read_manifest(path)
+        return cls([Utterance(r["id"], Path(r["path"]), r["num_samples"]) for r in rows], max_samples)
 
 
 def collate_batch(wavs: list[torch.Tensor]) -> dict[str, torch.Tensor]:

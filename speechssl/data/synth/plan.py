@@ -55,7 +55,7 @@ SIZES = {
         sd_turns=(4, 8), qbe_terms=12, qbe_docs=30, sf=(100, 20, 30), babble_tracks=6, noise_seconds=10.0,
     ),
     "base": Size(
-        speakers=(28, 24, 14), pretrain=2000, asr=(1500, 200, 300), ks_per_class=(200, 30, 50),
+        speakers=(28, 24, 14), pretrain=3200, asr=(2000, 200, 300), ks_per_class=(200, 30, 50),
         sid_per_speaker=(20, 4, 4), asv_per_speaker=10, asv_trials=4000, ic=(1000, 200, 300),
         er_per_class=(200, 40, 60), sd=(150, 30, 40), sd_turns=(4, 10), qbe_terms=30, qbe_docs=150,
         sf=(800, 150, 200), babble_tracks=12, noise_seconds=20.0,
