@@ -29,6 +29,7 @@ def upstream_from_config(cfg):
 
     node = OmegaConf.to_container(cfg.upstream, resolve=True)
     name, ckpt = node.pop("name"), node.pop("ckpt", None)
+    node.pop("trainable", None)
     return load_upstream(name, ckpt=ckpt, **node)
 
 
@@ -91,6 +92,7 @@ def run_pretrain(cfg) -> int:
     node = OmegaConf.to_container(cfg.upstream, resolve=True)
     name = node.pop("name")
     node.pop("ckpt", None)
+    node.pop("trainable", None)
     run_dir = HydraConfig.get().runtime.output_dir
     results = pretrain(
         name, dataset_from_config(cfg, trainer_cfg.max_seconds), trainer_cfg, run_dir, device=cfg.device, overrides=node
@@ -99,10 +101,57 @@ def run_pretrain(cfg) -> int:
     return 0
 
 
+def task_rows_from_config(cfg, task: str) -> dict[str, list[dict]]:
+    """``{split: manifest rows}`` of ``task`` in the corpus ``cfg.data`` names."""
+    from speechssl.data.manifest import read_manifest
+    from speechssl.errors import ConfigError
+
+    root = Path(cfg.data.root)
+    manifests = cfg.data.get("manifests", {})
+    if task not in manifests:
+        raise ConfigError(
+            f"corpus '{cfg.data.name}' has no labels for task '{task}'; it provides: {', '.join(manifests)}"
+        )
+    return {split: read_manifest(root / manifests[task][split]) for split in ("train", "dev", "test")}
+
+
+def run_benchmark(cfg) -> int:
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from downstream.benchmark import benchmark
+    from speechssl.trainer import TrainerConfig
+
+    trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    layer = cfg.layer if cfg.layer in ("weighted", "last") else int(cfg.layer)
+    results = benchmark(
+        upstream_from_config(cfg),
+        cfg.task.name,
+        task_rows_from_config(cfg, cfg.task.name),
+        trainer_cfg,
+        HydraConfig.get().runtime.output_dir,
+        corpus=cfg.data.name,
+        cache_dir=cfg.cache.dir,
+        cache_dtype=torch.float16 if cfg.cache.dtype == "float16" else torch.float32,
+        layer=layer,
+        trainable=bool(cfg.upstream.trainable),
+        device=cfg.device,
+        info={"ckpt": cfg.upstream.ckpt},
+    )
+    metric = results["metric"]
+    print(
+        f"{results['upstream']} {results['task']}: test {metric} {results['test'][metric]:.4f} "
+        f"(dev {results['dev'][metric]:.4f}, chance {results['chance']:.4f})"
+    )
+    return 0
+
+
 # name -> (function, one-line summary); the function returns the exit status.
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "synth": (run_synth, "write the offline SUPERB-lite corpus (synthesized speech, labels for every task)"),
     "pretrain": (run_pretrain, "pretrain an upstream with its self-supervised objective (resumes a run folder)"),
+    "benchmark": (run_benchmark, "train and score a downstream task on a frozen upstream (SUPERB protocol)"),
     "extract": (run_extract, "extract features of audio files with any upstream to safetensors"),
 }
 
@@ -120,7 +169,11 @@ def _register_schemas() -> None:
         entry = get_entry(name)
         schema = dataclasses.make_dataclass(
             f"{entry.config_cls.__name__}Node",
-            [("name", str, dataclasses.field(default=name)), ("ckpt", Optional[str], None)],
+            [
+                ("name", str, dataclasses.field(default=name)),
+                ("ckpt", Optional[str], None),
+                ("trainable", bool, False),  # benchmark: fine-tune instead of freezing
+            ],
             bases=(entry.config_cls,),
         )
         store.store(group="upstream_schema", name=name, node=schema)

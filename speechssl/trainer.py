@@ -241,6 +241,13 @@ class Trainer:
             f.write(json.dumps({"step": self.step, **{k: round(v, 6) for k, v in scalars.items()}}) + "\n")
         log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
 
+    def _log_eval(self, metrics: dict[str, float]) -> None:
+        if not self.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
+        log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
     def _truncate_metrics(self) -> None:
         """On resume, drop metric lines past the restored step (written after the last checkpoint)."""
         path = self.run_dir / "metrics.jsonl"
@@ -261,6 +268,8 @@ class Trainer:
             with torch.no_grad():
                 metrics.update(self.evaluate(self.model))
             self.model.train()
+        if self.evaluate is not None:
+            self._log_eval(metrics)
         name, mode = self.select
         value = metrics[name]
         improved = self.best is None or (value < self.best if mode == "min" else value > self.best)

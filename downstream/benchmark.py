@@ -1,0 +1,174 @@
+"""The SUPERB protocol for one (upstream, task): frozen upstream, weighted layer sum, small head.
+
+1. The task fits its labels on the training rows.
+2. Frozen upstream: every utterance's hidden states go to the :class:`FeatureCache`
+   once; training and evaluation read the cache. ``trainable=True`` fine-tunes the
+   upstream instead and runs it on every batch (no cache).
+3. The :class:`Trainer` trains Featurizer + head, evaluates on dev at every
+   checkpoint and keeps the best one (``best``) by the task's metric.
+4. The best checkpoint is scored on test; ``results.json`` gets everything the
+   report needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from downstream.task import Task, get_task
+from speechssl.checkpoint import TRAIN_WEIGHTS, atomic_write
+from speechssl.data.audio import collate, load_audio
+from speechssl.feature_cache import FeatureCache
+from speechssl.interface import Featurizer, Upstream
+from speechssl.trainer import Trainer, TrainerConfig
+
+SPLITS = ("train", "dev", "test")
+
+
+class CachedFeatures(torch.utils.data.Dataset):
+    """Items ``(hidden states, label)`` of manifest rows, hidden states from the cache."""
+
+    def __init__(self, rows: list[dict], cache: FeatureCache, task: Task) -> None:
+        self.rows, self.cache, self.task = rows, cache, task
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def num_samples(self) -> list[int]:
+        return [r["num_samples"] for r in self.rows]
+
+    def __getitem__(self, i: int):
+        return self.cache.load(self.rows[i]["id"]), self.task.encode(self.rows[i])
+
+    def collate(self, items) -> dict[str, torch.Tensor]:
+        hidden = [h for h, _ in items]
+        lengths = torch.tensor([h[0].shape[0] for h in hidden])
+        layers = [
+            nn.utils.rnn.pad_sequence([h[layer] for h in hidden], batch_first=True) for layer in range(len(hidden[0]))
+        ]
+        return {"hidden": torch.stack(layers), "lengths": lengths, **self.task.collate([y for _, y in items])}
+
+
+class Waveforms(CachedFeatures):
+    """Items ``(waveform, label)``: for fine-tuning, where the upstream runs on every batch."""
+
+    def __init__(self, rows: list[dict], task: Task) -> None:
+        self.rows, self.task = rows, task
+
+    def __getitem__(self, i: int):
+        return load_audio(self.rows[i]["path"]), self.task.encode(self.rows[i])
+
+    def collate(self, items) -> dict[str, torch.Tensor]:
+        wavs, wav_lens = collate([w for w, _ in items])
+        return {"wavs": wavs, "wav_lens": wav_lens, **self.task.collate([y for _, y in items])}
+
+
+class DownstreamModel(nn.Module):
+    """Featurizer + head (+ the upstream when it is fine-tuned); ``forward(batch) -> (loss, logs)``."""
+
+    def __init__(self, featurizer: Featurizer, head: nn.Module, task: Task, upstream: Upstream | None = None):
+        super().__init__()
+        self.featurizer, self.head, self.task, self.upstream = featurizer, head, task, upstream
+
+    def features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.upstream is not None:
+            return self.featurizer(self.upstream(batch["wavs"], batch["wav_lens"]))
+        return self.featurizer(list(batch["hidden"].unbind(0)), batch["lengths"])
+
+    def forward(self, batch: dict[str, torch.Tensor], generator=None):
+        x, lengths = self.features(batch)
+        return self.task.loss(self.head, x, lengths, batch)
+
+
+def evaluate(model: DownstreamModel, dataset, batch_seconds: float, device) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``dataset``."""
+    from speechssl.extract import plan_batches
+
+    predictions: list = [None] * len(dataset)
+    model.eval()
+    with torch.no_grad():
+        for batch_ids in plan_batches(dataset.num_samples(), int(batch_seconds * 16000)):
+            batch = dataset.collate([dataset[i] for i in batch_ids])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            x, lengths = model.features(batch)
+            for i, p in zip(batch_ids, model.task.predict(model.head, x, lengths)):
+                predictions[i] = p
+    return model.task.score(predictions, model.task.references(dataset.rows))
+
+
+def benchmark(
+    upstream: Upstream,
+    task_name: str,
+    rows: dict[str, list[dict]],
+    cfg: TrainerConfig,
+    run_dir: str | os.PathLike,
+    *,
+    corpus: str,
+    cache_dir: str | os.PathLike,
+    cache_dtype: torch.dtype = torch.float16,
+    layer: str | int = "weighted",
+    trainable: bool = False,
+    device: str = "cpu",
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train and score ``task_name`` on ``upstream`` with ``rows[split]``; returns (and writes) the results."""
+    run_dir = Path(run_dir)
+    task = get_task(task_name)
+    for split in SPLITS:
+        task.check_rows(rows[split], f"the {split} split of corpus '{corpus}'")
+    task.fit(rows["train"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "labels.json", lambda tmp: Path(tmp).write_text(json.dumps(task.state())))
+
+    torch.manual_seed(cfg.seed)
+    if trainable:
+        data = {s: Waveforms(rows[s], task) for s in SPLITS}
+        upstream.train()
+    else:
+        upstream.requires_grad_(False)
+        cache = FeatureCache(cache_dir, upstream, f"{corpus}/{task_name}", dtype=cache_dtype, device=device)
+        for split in SPLITS:
+            cache.fill(rows[split])
+        data = {s: CachedFeatures(rows[s], cache, task) for s in SPLITS}
+    featurizer = Featurizer(upstream, layer)
+    model = DownstreamModel(featurizer, task.head(featurizer.output_size), task, upstream if trainable else None)
+
+    metric = f"dev_{task.metric}"
+    trainer = Trainer(
+        model,
+        cfg,
+        run_dir,
+        device=device,
+        loss_fn=lambda m, batch, generator: m(batch),
+        evaluate=lambda m: {f"dev_{k}": v for k, v in evaluate(m, data["dev"], cfg.batch_seconds, device).items()},
+        select=(metric, "max" if task.higher_is_better else "min"),
+    )
+    trained = trainer.fit(data["train"], data["train"].collate)
+
+    model.load_state_dict(load_file(str(run_dir / "best" / TRAIN_WEIGHTS)))
+    dev = evaluate(model, data["dev"], cfg.batch_seconds, device)
+    test = evaluate(model, data["test"], cfg.batch_seconds, device)
+    results = {
+        "kind": "benchmark",
+        **(info or {}),
+        "upstream": upstream.name,
+        "task": task_name,
+        "corpus": corpus,
+        "metric": task.metric,
+        "higher_is_better": task.higher_is_better,
+        "chance": task.chance(rows["train"], rows["test"]),
+        "lr": cfg.lr,
+        "dev": dev,
+        "test": test,
+        "layer_weights": featurizer.layer_weights().tolist(),
+        "step": trained["step"],
+        "trainable": trainable,
+    }
+    atomic_write(run_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+    return results

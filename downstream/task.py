@@ -1,0 +1,95 @@
+"""What a downstream task is: the labels it needs, its head, its loss, its metric.
+
+A task never knows the corpus: it gets manifest rows (dicts with its label
+columns) and fits its label vocabulary on the training rows. Every task
+registers itself; ``get_task(name)`` finds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from speechssl.errors import ConfigError
+
+
+class Task:
+    """Base class. A subclass sets the class attributes and implements the methods.
+
+    ``fit(train_rows)`` learns the label vocabulary; ``encode(row)`` turns a row into
+    the label tensor(s) ``collate`` batches; ``head(dim)`` builds the head;
+    ``loss(head, x, lengths, labels)`` and ``predict``/``score`` do the rest.
+    """
+
+    name: str = ""
+    columns: tuple[str, ...] = ()  # manifest columns this task needs
+    metric: str = ""  # the main metric, reported on test and used for model selection on dev
+    higher_is_better: bool = True
+
+    def fit(self, rows: list[dict]) -> None:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """The fitted vocabulary, JSON-serialisable (saved in the run folder)."""
+        raise NotImplementedError
+
+    def encode(self, row: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def collate(self, labels: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def head(self, input_dim: int) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, head: nn.Module, x, lengths, labels: dict[str, torch.Tensor]):
+        """``(scalar loss, logs)``."""
+        raise NotImplementedError
+
+    def predict(self, head: nn.Module, x, lengths) -> list:
+        raise NotImplementedError
+
+    def references(self, rows: list[dict]) -> list:
+        raise NotImplementedError
+
+    def score(self, predictions: list, references: list) -> dict[str, float]:
+        raise NotImplementedError
+
+    def chance(self, train_rows: list[dict], test_rows: list[dict]) -> float:
+        """The main metric of a system that ignores the audio."""
+        raise NotImplementedError
+
+    def check_rows(self, rows: list[dict], where: str) -> None:
+        if not rows:
+            raise ConfigError(f"task '{self.name}': no utterances in {where}")
+        missing = [c for c in self.columns if c not in rows[0]]
+        if missing:
+            raise ConfigError(
+                f"task '{self.name}' needs label column(s) {', '.join(missing)}, which {where} does not have "
+                f"(its columns: {', '.join(rows[0])})"
+            )
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def list_tasks() -> list[str]:
+    import downstream.classification  # noqa: F401  (registers ks, sid, er, ic)
+    import downstream.ctc  # noqa: F401  (registers pr, asr)
+
+    return sorted(TASKS)
+
+
+def get_task(name: str) -> Task:
+    """A fresh instance of task ``name``."""
+    known = list_tasks()
+    if name not in TASKS:
+        raise ConfigError(f"unknown task '{name}'; known: {', '.join(known)}")
+    return TASKS[name]()

@@ -1,0 +1,113 @@
+"""A disk cache of a frozen upstream's hidden states: computed once per utterance, read ever after.
+
+SUPERB trains a downstream head on a frozen upstream; s3prl runs the upstream on
+every batch of every epoch. Here :meth:`FeatureCache.fill` runs it once per
+utterance (batched by duration, with a progress bar) and stores every hidden
+state in safetensors shards; training epochs and every run of a learning-rate
+sweep read them back without touching the upstream.
+
+Layout: ``ROOT/<upstream>-<fingerprint>/<corpus>/`` with ``index.json`` (utterance id
+-> shard) and ``shard_NNNNN.safetensors`` (tensors ``<id>/<layer>``, (T, D)). The
+fingerprint hashes the upstream's name, config, weights and the storage dtype, so a
+retrained checkpoint never reads stale features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from tqdm import tqdm
+
+from speechssl.checkpoint import atomic_write, save_tensors
+from speechssl.data.audio import SAMPLE_RATE, collate, load_audio
+from speechssl.interface import Upstream
+
+log = logging.getLogger(__name__)
+
+
+def upstream_fingerprint(upstream: Upstream, dtype: torch.dtype) -> str:
+    """16 hex digits identifying the upstream's name, config and weights, and the cache dtype."""
+    h = hashlib.sha256()
+    h.update(upstream.name.encode())
+    h.update(json.dumps(dataclasses.asdict(upstream.config), sort_keys=True).encode())
+    h.update(str(dtype).encode())
+    for key, value in sorted(upstream.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class FeatureCache:
+    """Hidden states of ``upstream`` for the utterances of ``corpus``, under ``root``."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        upstream: Upstream,
+        corpus: str,
+        *,
+        dtype: torch.dtype = torch.float16,
+        device: str = "cpu",
+        batch_seconds: float = 160.0,
+    ) -> None:
+        self.upstream = upstream
+        self.dtype, self.device, self.batch_seconds = dtype, device, batch_seconds
+        self.folder = Path(root) / f"{upstream.name}-{upstream_fingerprint(upstream, dtype)}" / corpus
+        self.folder.mkdir(parents=True, exist_ok=True)
+        index_file = self.folder / "index.json"
+        self.index: dict[str, str] = json.loads(index_file.read_text()) if index_file.exists() else {}
+        self._open: dict[str, object] = {}
+
+    def __contains__(self, utt_id: str) -> bool:
+        return utt_id in self.index
+
+    def fill(self, utterances: list[dict]) -> int:
+        """Compute and store the utterances (rows with id, path, num_samples) not cached yet; returns how many."""
+        from speechssl.extract import plan_batches
+
+        todo = [u for u in utterances if u["id"] not in self.index]
+        if not todo:
+            return 0
+        model = self.upstream.to(self.device).eval()
+        max_samples = int(self.batch_seconds * SAMPLE_RATE)
+        shard = max((int(p.stem.split("_")[1]) for p in self.folder.glob("shard_*.safetensors")), default=-1)
+        with tqdm(total=len(todo), desc=f"features {self.upstream.name}", unit="utt") as progress:
+            for batch in plan_batches([u["num_samples"] for u in todo], max_samples):
+                rows = [todo[i] for i in batch]
+                wavs, wav_lens = collate([load_audio(r["path"]) for r in rows])
+                with torch.inference_mode():
+                    feats = model(wavs.to(self.device), wav_lens.to(self.device))
+                lengths = feats.lengths.cpu()
+                tensors = {
+                    f"{r['id']}/{layer}": h[b, : lengths[b]].to(self.dtype)
+                    for layer, h in enumerate(feats.hidden_states)
+                    for b, r in enumerate(rows)
+                }
+                shard += 1
+                name = f"shard_{shard:05d}.safetensors"
+                save_tensors(self.folder / name, tensors, {"upstream": self.upstream.name})
+                self.index.update({r["id"]: name for r in rows})
+                self._save_index()
+                progress.update(len(rows))
+        return len(todo)
+
+    def load(self, utt_id: str) -> list[torch.Tensor]:
+        """Every hidden state of one utterance, float32 ``(T, D)`` each, layer 0 first."""
+        name = self.index[utt_id]
+        if name not in self._open:
+            self._open[name] = safe_open(str(self.folder / name), framework="pt")
+        handle = self._open[name]
+        return [
+            handle.get_tensor(f"{utt_id}/{layer}").float() for layer in range(self.upstream.num_layers)
+        ]
+
+    def _save_index(self) -> None:
+        text = json.dumps(self.index)
+        atomic_write(self.folder / "index.json", lambda tmp: Path(tmp).write_text(text))
