@@ -27,9 +27,10 @@ import math
 import os
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from speechssl.checkpoint import atomic_write
 from speechssl.errors import ConfigError
@@ -53,17 +54,17 @@ class BenchmarkRun:
 
     run_dir: Path
     upstream: str
-    ckpt: Optional[str]
+    ckpt: str | None
     corpus: str
     task: str
     metric: str
     higher_is_better: bool
-    chance: Optional[float]
-    lr: Optional[float]
+    chance: float | None
+    lr: float | None
     dev: float  # the main metric on dev
     test: float  # the main metric on test
-    layer_weights: Optional[list[float]]
-    step: Optional[int]
+    layer_weights: list[float] | None
+    step: int | None
 
     @property
     def label(self) -> str:
@@ -100,7 +101,7 @@ class Benchmark:
     def tasks(self, corpus: str) -> list[str]:
         return sorted({r.task for r in self.runs if r.corpus == corpus}, key=_task_key)
 
-    def labels(self, corpus: Optional[str] = None) -> list[str]:
+    def labels(self, corpus: str | None = None) -> list[str]:
         runs = [r for r in self.runs if corpus is None or r.corpus == corpus]
         return sorted({r.label for r in runs})
 
@@ -112,7 +113,7 @@ class Benchmark:
 # -- reading -----------------------------------------------------------------------------
 
 
-def read_run(path: Path) -> Optional[BenchmarkRun]:
+def read_run(path: Path) -> BenchmarkRun | None:
     """The benchmark run of a ``results.json``; ``None`` when it holds another kind of results."""
     try:
         data = json.loads(path.read_text())
@@ -178,7 +179,8 @@ def load_benchmark(runs_dir: str | os.PathLike) -> Benchmark:
     for key, group in groups.items():
         group.sort(key=lambda r: (math.inf if r.lr is None else r.lr, str(r.run_dir)))
         sweeps[key] = Sweep(group, max(group, key=BenchmarkRun.dev_rank))  # max keeps the first of ties
-    log.info("read %d benchmark run(s) under %s (%d other results skipped)", len(runs), runs_dir, len(found) - len(runs))
+    skipped = len(found) - len(runs)
+    log.info("read %d benchmark run(s) under %s (%d other results skipped)", len(runs), runs_dir, skipped)
     return Benchmark(runs_dir, runs, sweeps)
 
 
@@ -186,12 +188,13 @@ def read_curves(run_dir: Path, metric: str) -> tuple[list[tuple[int, float]], li
     """``(step, training loss)`` and ``(step, dev_<metric>)`` points from a run's ``metrics.jsonl``.
 
     A missing file gives no points; a line that is not JSON (a run killed while
-    writing) is skipped with a warning naming it.
+    writing) is skipped with a warning naming it; of two values at one step the later is kept.
     """
     path = run_dir / METRICS_FILE
-    losses, devs = [], []
+    losses: dict[int, float] = {}
+    devs: dict[int, float] = {}
     if not path.exists():
-        return losses, devs
+        return [], []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -202,16 +205,16 @@ def read_curves(run_dir: Path, metric: str) -> tuple[list[tuple[int, float]], li
             log.warning("%s:%d: not a metrics line with a step, skipped: %.80s", path, number, line)
             continue
         if isinstance(row.get("loss"), (int, float)):
-            losses.append((step, float(row["loss"])))
+            losses[step] = float(row["loss"])
         if isinstance(row.get(f"dev_{metric}"), (int, float)):
-            devs.append((step, float(row[f"dev_{metric}"])))
-    return sorted(losses), sorted(devs)
+            devs[step] = float(row[f"dev_{metric}"])
+    return sorted(losses.items()), sorted(devs.items())
 
 
 # -- Markdown ----------------------------------------------------------------------------
 
 
-def format_score(value: Optional[float], metric: str) -> str:
+def format_score(value: float | None, metric: str) -> str:
     """``0.4812`` -> ``48.12%`` for accuracy, PER, WER...; other metrics to 4 significant digits."""
     if value is None:
         return "–"
@@ -246,7 +249,8 @@ def results_tables(bench: Benchmark) -> str:
     footnote = (
         "Each cell: the **test** score of the run with the best **dev** score among the learning rates tried "
         "for that upstream and task (SUPERB's protocol); ↑ higher is better, ↓ lower is better; "
-        "the best upstream of each column in bold; –: not run; *chance*: the task's chance level, as its runs report it."
+        "the best upstream of each column in bold; –: not run; "
+        "*chance*: the task's chance level, as its runs report it."
     )
     return "\n\n".join(parts) + "\n\n" + footnote
 
@@ -298,15 +302,22 @@ def plot_layer_weights(bench: Benchmark, label: str, path: Path) -> bool:
               if lab == label and s.chosen.layer_weights and len(s.chosen.layer_weights) > 1]
     if not chosen:
         return False
-    figure = _figure(width=max(4.0, 3.2 * len(chosen)), height=3.2)
-    axes = figure.subplots(1, len(chosen), sharey=True, squeeze=False)[0]
-    for ax, run in zip(axes, chosen):
+    cols = min(3, len(chosen))
+    rows = math.ceil(len(chosen) / cols)
+    figure = _figure(width=max(4.5, 3.6 * cols), height=0.5 + 2.8 * rows)
+    axes = figure.subplots(rows, cols, sharey=True, squeeze=False)
+    for ax, run in zip(axes.flat, chosen):
         ax.bar(range(len(run.layer_weights)), run.layer_weights, color="tab:blue")
-        ax.set_title(f"{run.task.upper()}" + (f" (lr {run.lr:g})" if run.lr is not None else ""))
+        ax.axhline(1 / len(run.layer_weights), color="gray", linestyle="--", linewidth=1)  # uniform weights
+        corpus = f" · {run.corpus}" if len(bench.corpora) > 1 else ""
+        ax.set_title(f"{run.task.upper()}{corpus}" + (f" (lr {run.lr:g})" if run.lr is not None else ""))
         ax.set_xlabel("hidden state (0 = encoder input)")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0].set_ylabel("learned weight")
-    figure.suptitle(f"{label}: layer weights of the weighted sum")
+    for ax in axes.flat[len(chosen):]:
+        ax.set_axis_off()
+    for ax in axes[:, 0]:
+        ax.set_ylabel("learned weight")
+    figure.suptitle(f"{label}: learned layer weights (dashed: uniform)")
     _save(figure, path)
     return True
 
@@ -329,18 +340,20 @@ def plot_curves(bench: Benchmark, corpus: str, task: str, path: Path) -> bool:
         return False
     figure = _figure(width=10.0, height=3.8)
     loss_ax, dev_ax = figure.subplots(1, 2)
-    for label, losses, devs in lines:
+    for i, (label, losses, devs) in enumerate(lines):
+        color = f"C{i}"  # one colour per upstream in both panels
         if losses:
-            loss_ax.plot(*zip(*losses), label=label)
+            loss_ax.plot(*zip(*losses), color=color, label=label)
         if devs:
-            dev_ax.plot([s for s, _ in devs], [100 * v if percent else v for _, v in devs], marker="o", label=label)
+            dev_ax.plot([s for s, _ in devs], [100 * v if percent else v for _, v in devs], color=color, marker="o",
+                        label=label)
     metric = METRIC_NAMES.get(info.metric, info.metric)
     loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
     dev_ax.set(title=f"dev {metric} {'↑' if info.higher_is_better else '↓'}", xlabel="step",
                ylabel=f"{metric} (%)" if percent else metric)
     for ax in (loss_ax, dev_ax):
         ax.grid(alpha=0.3)
-    dev_ax.legend(fontsize="small")
+    (dev_ax if any(devs for _, _, devs in lines) else loss_ax).legend(fontsize="small")
     figure.suptitle(f"{task.upper()} on {corpus}: learning curves of the chosen runs")
     _save(figure, path)
     return True
@@ -431,7 +444,7 @@ def _check_tasks_agree(runs: list[BenchmarkRun]) -> None:
             )
 
 
-def _best_label(bench: Benchmark, corpus: str, task: str) -> Optional[str]:
+def _best_label(bench: Benchmark, corpus: str, task: str) -> str | None:
     """The upstream with the best chosen test score of a task, or None when only one upstream ran it."""
     sweeps = [(label, s.chosen) for (label, c, t), s in bench.sweeps.items() if c == corpus and t == task]
     scored = [(label, run) for label, run in sweeps if not math.isnan(run.test)]
@@ -470,7 +483,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-.") or "x"
 
 
-def _optional_float(value: Optional[float]) -> Optional[float]:
+def _optional_float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 

@@ -30,7 +30,7 @@ def write_run(folder, upstream, task, lr, dev, test, ckpt=None, layers=3, curves
     }
     (folder / "results.json").write_text(json.dumps(results))
     if curves:
-        lines = [{"step": s, "loss": 2.0 / s, "lr": lr, "grad_norm": 1.0} for s in (10, 20, 30)]
+        lines = [{"step": s, "loss": 2.0 / s, "lr": lr, "grad_norm": 1.0} for s in (10, 20)]
         lines += [{"step": 20, f"dev_{metric}": dev / 2}, {"step": 30, f"dev_{metric}": dev, "loss": 0.05}]
         (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
@@ -124,10 +124,11 @@ def test_results_tsv(runs):
 
 
 def test_read_curves_skips_a_torn_line(tmp_path, caplog):
-    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "loss": 2.0}\n{"step": 20, "dev_wer": 0.5, "loss": 1.0}\n{"st')
+    lines = '{"step": 20, "loss": 3.0}\n{"step": 10, "loss": 2.0}\n{"step": 20, "dev_wer": 0.5, "loss": 1.0}\n{"st'
+    (tmp_path / "metrics.jsonl").write_text(lines)
     losses, devs = read_curves(tmp_path, "wer")
-    assert losses == [(10, 2.0), (20, 1.0)] and devs == [(20, 0.5)]
-    assert "metrics.jsonl:3" in caplog.text
+    assert losses == [(10, 2.0), (20, 1.0)] and devs == [(20, 0.5)]  # by step; the later of two at a step
+    assert "metrics.jsonl:4" in caplog.text
 
 
 def test_format_score():
@@ -171,5 +172,6 @@ def test_runs_disagreeing_on_a_task_metric(tmp_path):
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     results["metric"], results["dev"], results["test"] = "f1", {"f1": 0.5}, {"f1": 0.5}
     (tmp_path / "b" / "results.json").write_text(json.dumps(results))
-    with pytest.raises(ConfigError, match=r"b/results.json scores task 'ks' on 'superb_lite' as .*'f1'.* but .*a/results"):
+    message = r"b/results.json scores task 'ks' on 'superb_lite' as .*'f1'.* but .*a/results.json as .*'accuracy'"
+    with pytest.raises(ConfigError, match=message):
         load_benchmark(tmp_path)
