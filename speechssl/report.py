@@ -168,7 +168,7 @@ def load_benchmark(runs_dir: str | os.PathLike) -> Benchmark:
     runs = [run for run in map(read_run, found) if run is not None]
     if not runs:
         raise ConfigError(
-            f"no benchmark results under {runs_dir}: looked for {RESULTS_FILE} with \"kind\": \"benchmark\" "
+            f"no benchmark results under {runs_dir.resolve()}: looked for {RESULTS_FILE} with \"kind\": \"benchmark\" "
             f"in every folder below it and found {len(found)} {RESULTS_FILE} file(s), none of a benchmark run"
         )
     _check_tasks_agree(runs)
@@ -373,9 +373,12 @@ def _save(figure, path: Path) -> None:
 # -- the report --------------------------------------------------------------------------
 
 
-def write_report(bench: Benchmark, out_dir: str | os.PathLike) -> Path:
-    """Write ``README.md``, ``results.tsv`` and the plots of ``bench`` into ``out_dir``; returns the README path."""
-    out_dir = Path(out_dir)
+def write_report(bench: Benchmark, out_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``README.md``, ``results.tsv`` and the plots of ``bench`` into ``out_dir`` (default ``runs_dir/report``).
+
+    Returns the README's path.
+    """
+    out_dir = bench.runs_dir / "report" if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_tsv(bench, out_dir / "results.tsv")
 
@@ -409,8 +412,7 @@ def write_report(bench: Benchmark, out_dir: str | os.PathLike) -> Path:
 
 def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
     """Read the benchmark runs under ``runs_dir`` and write the report to ``out_dir`` (default ``runs_dir/report``)."""
-    bench = load_benchmark(runs_dir)
-    return write_report(bench, Path(runs_dir) / "report" if out_dir is None else out_dir)
+    return write_report(load_benchmark(runs_dir), out_dir)
 
 
 def _write_tsv(bench: Benchmark, path: Path) -> None:

@@ -2,10 +2,13 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 import matplotlib.image
 import pytest
 
+from speechssl.cli import COMMANDS
 from speechssl.errors import ConfigError
 from speechssl.report import format_score, load_benchmark, read_curves, report, results_tables
 
@@ -175,3 +178,17 @@ def test_runs_disagreeing_on_a_task_metric(tmp_path):
     message = r"b/results.json scores task 'ks' on 'superb_lite' as .*'f1'.* but .*a/results.json as .*'accuracy'"
     with pytest.raises(ConfigError, match=message):
         load_benchmark(tmp_path)
+
+
+@pytest.mark.skipif("report" not in COMMANDS, reason="speechssl report is not wired into cli.py yet")
+def test_cli(runs, tmp_path):
+    def speechssl(*args):
+        command = [sys.executable, "-m", "speechssl.cli", "report", *args, f"hydra.run.dir={tmp_path}/hydra"]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    run = speechssl(f"runs={runs}", "out=table")
+    assert run.returncode == 0, run.stderr
+    assert "| fbank " in run.stdout and "58.00%" in run.stdout and "sweeps" not in run.stdout  # the tables only
+    assert (tmp_path / "table" / "README.md").exists() and (tmp_path / "table" / "results.tsv").exists()
+    run = speechssl(f"runs={tmp_path}/missing")
+    assert run.returncode == 1 and "missing: no such folder" in run.stderr and "Traceback" not in run.stderr
