@@ -161,6 +161,11 @@ def test_librispeech_pr_phones_from_the_lexicon(librispeech):
     assert train["19-198-0001"]["phones"] == "IH T S AH W ER L D"
     kept = corpus_manifest("librispeech", root, "pr", "train", lexicon=str(lexicon), strip_stress=False)
     assert kept[0]["phones"] == "HH AH0 L OW1 W ER1 L D"
+    assert kept[0]["text"] == "hello world"
+    g2p = lexicon.with_name("g2p.txt")  # SUPERB's second lexicon: words the first one lacks
+    g2p.write_text("unseen AH0 N S IY1 N # from g2p\nword W ER1 D\nhello X\n")
+    test = corpus_manifest("librispeech", root, "pr", "test", lexicon=[str(lexicon), str(g2p)])
+    assert [r["phones"] for r in test] == ["W ER L D HH AH L OW", "AH N S IY N W ER D"]
 
 
 def test_librispeech_pr_word_missing_from_the_lexicon(librispeech):

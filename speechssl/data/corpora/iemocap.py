@@ -29,7 +29,7 @@ NAME = "iemocap"
 TASKS = ("er",)
 SESSIONS = (1, 2, 3, 4, 5)
 EMOTIONS = {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}
-LABEL_LINE = re.compile(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\w+)\t")
+LABEL_LINE = re.compile(r"^\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(\S+)\s+(\w+)\s")  # [start - end] utt emo [V, A, D]
 
 
 def manifest(root: Path, task: str, split: str, *, fold: int = 1, dev_percent: float = 20.0) -> list[dict]:

@@ -8,10 +8,14 @@ Layout (Panayotov et al., 2015, as distributed on openslr.org/12)::
 Splits follow SUPERB: train = train-clean-100, dev = dev-clean, test = test-clean; any
 split may list several subsets (``subsets={"train": ["train-clean-100", "train-clean-360"]}``).
 
-PR phones come from a pronunciation lexicon (``lexicon=PATH``): one word a line,
-``WORD PH1 PH2 ...`` (CMUdict, or LibriSpeech's ``librispeech-lexicon.txt``). The first
-pronunciation of a word is used (CMUdict's ``WORD(2)`` variants are ignored), and stress
-digits are stripped (``AH0`` -> ``AH``) unless ``strip_stress=False``. A transcript word
+PR phones come from a pronunciation lexicon (``lexicon=PATH``, or a list of paths read in
+order): one word a line, ``WORD PH1 PH2 ...`` (CMUdict, or LibriSpeech's
+``librispeech-lexicon.txt``). The first pronunciation of a word is used, as s3prl does
+(CMUdict's ``WORD(2)`` variants and later files' entries are ignored; ``# ...`` comments
+too). Stress digits are stripped (``AH0`` -> ``AH``, 39 ARPAbet phones) unless
+``strip_stress=False``: SUPERB's PR keeps them (s3prl's ``vocab/phoneme.txt``, vowels with
+stress 0/1/2) and reads ``librispeech-lexicon.txt`` then a G2P lexicon for the words
+it lacks; pass both files and ``strip_stress=False`` for SUPERB's labels. A transcript word
 missing from the lexicon is an error naming it and the utterance; with
 ``missing_words="skip"`` such utterances are dropped instead and their count logged.
 """
@@ -39,7 +43,7 @@ def manifest(
     split: str,
     *,
     subsets: dict | None = None,
-    lexicon: str | None = None,
+    lexicon: str | list[str] | None = None,
     strip_stress: bool = True,
     missing_words: str = "error",
 ) -> list[dict]:
@@ -60,7 +64,8 @@ def manifest(
         for row in subset_rows(require(root / subset, f"LibriSpeech subset of split '{split}'"))
     ]
     if task == "pr":
-        rows = with_phones(rows, read_lexicon(str(lexicon), strip_stress), missing_words)
+        files = (lexicon,) if isinstance(lexicon, (str, Path)) else tuple(lexicon)
+        rows = with_phones(rows, read_lexicon(tuple(map(str, files)), strip_stress), missing_words)
     return rows
 
 
@@ -89,24 +94,25 @@ def subset_rows(folder: Path) -> list[dict]:
 
 
 @functools.lru_cache(maxsize=4)
-def read_lexicon(path: str, strip_stress: bool = True) -> dict[str, tuple[str, ...]]:
-    """Lower-cased word -> phones (first pronunciation), from a ``WORD PH1 PH2 ...`` file."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{file}: no such lexicon file")
+def read_lexicon(paths: tuple[str, ...], strip_stress: bool = True) -> dict[str, tuple[str, ...]]:
+    """Lower-cased word -> phones (its first pronunciation), from ``WORD PH1 PH2 ...`` files."""
     lexicon: dict[str, tuple[str, ...]] = {}
-    for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip() or line.startswith(";;;"):  # CMUdict comments
-            continue
-        word, *phones = line.split()
-        if not phones:
-            raise ConfigError(f"{file}:{number}: word {word!r} has no phones")
-        word = re.sub(r"\(\d+\)$", "", word).lower()
-        if strip_stress:
-            phones = [re.sub(r"\d+$", "", p) for p in phones]
-        lexicon.setdefault(word, tuple(phones))
+    for file in map(Path, paths):
+        if not file.is_file():
+            raise ConfigError(f"{file}: no such lexicon file")
+        for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+            line = line.split(" #")[0]  # cmudict.dict's comments
+            if not line.strip() or line.startswith(";;;"):  # CMUdict's header comments
+                continue
+            word, *phones = line.split()
+            if not phones:
+                raise ConfigError(f"{file}:{number}: word {word!r} has no phones")
+            word = re.sub(r"\(\d+\)$", "", word).lower()
+            if strip_stress:
+                phones = [re.sub(r"\d+$", "", p) for p in phones]
+            lexicon.setdefault(word, tuple(phones))
     if not lexicon:
-        raise ConfigError(f"{file}: empty lexicon")
+        raise ConfigError(f"{', '.join(paths)}: empty lexicon")
     return lexicon
 
 
