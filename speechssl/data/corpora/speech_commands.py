@@ -54,9 +54,11 @@ def manifest(root: Path, task: str, split: str, *, test_root: str | None = None)
             p.relative_to(root).as_posix() for p in root.glob("*/*.wav") if not p.parent.name.startswith("_")
         )
         clips = [c for c in clips if c not in held_out]
+        source = root
     else:
-        clips = sorted(listed["validation" if split == "dev" else "testing"])
-    rows = [clip_row(root / clip, clip, word_label(clip.split("/")[0]), root) for clip in clips]
+        name = "validation" if split == "dev" else "testing"
+        clips, source = sorted(listed[name]), root / f"{name}_list.txt"
+    rows = [clip_row(root / clip, clip, word_label(clip.split("/")[0]), source) for clip in clips]
     return rows + silence_rows(require(root / NOISE, "background noise for _silence_"), split)
 
 
