@@ -23,7 +23,8 @@ from torch import nn
 
 from downstream.task import Task, get_task
 from speechssl.checkpoint import TRAIN_WEIGHTS, atomic_write
-from speechssl.data.audio import collate, load_audio
+from speechssl.data.audio import collate
+from speechssl.data.manifest import load_utterance
 from speechssl.feature_cache import FeatureCache
 from speechssl.interface import Featurizer, Upstream
 from speechssl.trainer import Trainer, TrainerConfig
@@ -62,7 +63,7 @@ class Waveforms(CachedFeatures):
         self.rows, self.task = rows, task
 
     def __getitem__(self, i: int):
-        return load_audio(self.rows[i]["path"]), self.task.encode(self.rows[i])
+        return load_utterance(self.rows[i]), self.task.encode(self.rows[i])
 
     def collate(self, items) -> dict[str, torch.Tensor]:
         wavs, wav_lens = collate([w for w, _ in items])

@@ -103,16 +103,15 @@ def run_pretrain(cfg) -> int:
 
 def task_rows_from_config(cfg, task: str) -> dict[str, list[dict]]:
     """``{split: manifest rows}`` of ``task`` in the corpus ``cfg.data`` names."""
-    from speechssl.data.manifest import read_manifest
-    from speechssl.errors import ConfigError
+    from omegaconf import OmegaConf
 
-    root = Path(cfg.data.root)
-    manifests = cfg.data.get("manifests", {})
-    if task not in manifests:
-        raise ConfigError(
-            f"corpus '{cfg.data.name}' has no labels for task '{task}'; it provides: {', '.join(manifests)}"
-        )
-    return {split: read_manifest(root / manifests[task][split]) for split in ("train", "dev", "test")}
+    from speechssl.data.corpora import corpus_manifest
+
+    options = OmegaConf.to_container(cfg.data.options, resolve=True) if "options" in cfg.data else {}
+    return {
+        split: corpus_manifest(cfg.data.name, cfg.data.root, task, split, **(options or {}))
+        for split in ("train", "dev", "test")
+    }
 
 
 def run_benchmark(cfg) -> int:
@@ -147,11 +146,21 @@ def run_benchmark(cfg) -> int:
     return 0
 
 
+def run_report(cfg) -> int:
+    from speechssl.report import load_benchmark, results_tables, write_report
+
+    bench = load_benchmark(cfg.runs)
+    write_report(bench, cfg.out)
+    print(results_tables(bench))
+    return 0
+
+
 # name -> (function, one-line summary); the function returns the exit status.
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "synth": (run_synth, "write the offline SUPERB-lite corpus (synthesized speech, labels for every task)"),
     "pretrain": (run_pretrain, "pretrain an upstream with its self-supervised objective (resumes a run folder)"),
     "benchmark": (run_benchmark, "train and score a downstream task on a frozen upstream (SUPERB protocol)"),
+    "report": (run_report, "summarize benchmark runs: Markdown table of the best-dev runs, lr sweeps, plots, TSV"),
     "extract": (run_extract, "extract features of audio files with any upstream to safetensors"),
 }
 
@@ -197,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import hydra
+    from omegaconf.errors import MissingMandatoryValue
 
     function, _ = COMMANDS[command]
     status = 0
@@ -208,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         except SpeechSSLError as e:
             log.error("%s", e)
             status = 1
+        except MissingMandatoryValue as e:
+            log.error("missing value for '%s': set it as %s=...", e.full_key, e.full_key)
+            status = 2
 
     _register_schemas()
     sys.argv = [f"speechssl-{command}", *rest]

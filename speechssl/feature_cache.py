@@ -26,7 +26,8 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from speechssl.checkpoint import atomic_write, save_tensors
-from speechssl.data.audio import SAMPLE_RATE, collate, load_audio
+from speechssl.data.audio import SAMPLE_RATE, collate
+from speechssl.data.manifest import load_utterance
 from speechssl.interface import Upstream
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class FeatureCache:
         with tqdm(total=len(todo), desc=f"features {self.upstream.name}", unit="utt") as progress:
             for batch in plan_batches([u["num_samples"] for u in todo], max_samples):
                 rows = [todo[i] for i in batch]
-                wavs, wav_lens = collate([load_audio(r["path"]) for r in rows])
+                wavs, wav_lens = collate([load_utterance(r) for r in rows])
                 with torch.inference_mode():
                     feats = model(wavs.to(self.device), wav_lens.to(self.device))
                 lengths = feats.lengths.cpu()

@@ -69,3 +69,17 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[Mapping], columns: Se
         lines.append("\t".join(values))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def load_utterance(row: Mapping) -> "torch.Tensor":
+    """The waveform of a manifest row: its file, or ``num_samples`` from ``offset`` when the row has one.
+
+    (Speech Commands' ``_silence_`` rows are 1-s segments of longer noise files.)
+    """
+    from speechssl.data.audio import load_audio
+
+    wav = load_audio(row["path"])
+    if "offset" not in row:
+        return wav
+    offset = int(row["offset"] or 0)
+    return wav[offset : offset + int(row["num_samples"])]
