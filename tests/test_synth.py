@@ -32,8 +32,8 @@ def rms(x: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Path:
-    return synthesize(tmp_path_factory.mktemp("superb_lite"), size="tiny", seed=0, num_workers=2)
+def corpus(superb_lite_tiny) -> Path:
+    return superb_lite_tiny
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,167 @@
+"""The SUPERB protocol: every task trains on SUPERB-lite tiny; metrics; the feature cache; errors."""
+
+import json
+
+import jiwer
+import pytest
+import torch
+from sklearn.metrics import accuracy_score
+
+import speechssl
+from downstream.benchmark import benchmark
+from downstream.heads import ctc_greedy_decode, mean_pool
+from downstream.task import get_task, list_tasks
+from speechssl.data.corpora import corpus_manifest
+from speechssl.errors import ConfigError
+from speechssl.trainer import TrainerConfig
+
+FEW_STEPS = TrainerConfig(max_steps=6, warmup_steps=2, lr=1e-3, batch_seconds=20, max_seconds=None, save_every=3, log_every=3)
+
+
+def rows(root, task):
+    return {s: corpus_manifest("superb_lite", root, task, s) for s in ("train", "dev", "test")}
+
+
+class CountingUpstream:
+    """Wraps an upstream's forward to count the utterances it computes."""
+
+    def __init__(self, model):
+        self.utterances = 0
+        original = model.encode
+
+        def encode(wavs, wav_lens):
+            self.utterances += wavs.shape[0]
+            return original(wavs, wav_lens)
+
+        model.encode = encode
+
+
+@pytest.mark.parametrize("task", ["ks", "sid", "er", "ic", "pr", "asr"])
+def test_every_task_trains_and_reports(task, superb_lite_tiny, tmp_path):
+    upstream = speechssl.load_upstream("fbank")
+    data = rows(superb_lite_tiny, task)
+    results = benchmark(
+        upstream, task, data, FEW_STEPS, tmp_path / "run", corpus="superb_lite", cache_dir=tmp_path / "cache"
+    )
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved == results and saved["kind"] == "benchmark" and saved["step"] == 6
+    metric = get_task(task).metric
+    assert 0.0 <= results["test"][metric] and 0.0 <= results["chance"] <= 1.0
+    assert results["layer_weights"] == [1.0]  # fbank: one hidden state
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(f"dev_{metric}" in line for line in lines)
+
+
+def test_cache_means_no_upstream_call_after_the_first_pass(superb_lite_tiny, tmp_path):
+    upstream = speechssl.load_upstream("mfcc")
+    counter = CountingUpstream(upstream)
+    data = rows(superb_lite_tiny, "ks")
+    total = sum(len(v) for v in data.values())
+    cfg = TrainerConfig(**{**FEW_STEPS.__dict__, "max_steps": 30, "batch_seconds": 8})  # several epochs
+    benchmark(upstream, "ks", data, cfg, tmp_path / "a", corpus="superb_lite", cache_dir=tmp_path / "cache")
+    assert counter.utterances == total  # each utterance once: the epochs read the cache
+    benchmark(upstream, "ks", data, FEW_STEPS, tmp_path / "b", corpus="superb_lite", cache_dir=tmp_path / "cache")
+    assert counter.utterances == total  # a second run (a sweep) computes nothing
+    fresh = speechssl.load_upstream("mfcc", num_ceps=12)  # another config: another cache
+    other = CountingUpstream(fresh)
+    benchmark(fresh, "ks", data, FEW_STEPS, tmp_path / "c", corpus="superb_lite", cache_dir=tmp_path / "cache")
+    assert other.utterances == total
+
+
+def test_cached_features_equal_the_upstream(superb_lite_tiny, tmp_path):
+    from speechssl.feature_cache import FeatureCache
+
+    upstream = speechssl.load_upstream("fbank")
+    data = rows(superb_lite_tiny, "ks")["dev"][:3]
+    cache = FeatureCache(tmp_path, upstream, "x", dtype=torch.float32)
+    assert cache.fill(data) == 3 and cache.fill(data) == 0
+    for row in data:
+        wav = speechssl.load_audio(row["path"])
+        torch.testing.assert_close(cache.load(row["id"])[0], upstream(wav).hidden_states[0][0], atol=1e-5, rtol=0)
+
+
+def test_fine_tuning_runs_the_upstream(superb_lite_tiny, tmp_path):
+    upstream = speechssl.load_upstream("fbank")
+    counter = CountingUpstream(upstream)
+    benchmark(
+        upstream, "ks", rows(superb_lite_tiny, "ks"), FEW_STEPS, tmp_path / "run",
+        corpus="superb_lite", cache_dir=tmp_path / "cache", trainable=True,
+    )
+    assert counter.utterances > 0 and not (tmp_path / "cache").exists()
+
+
+def test_classification_metric_matches_sklearn():
+    task = get_task("ks")
+    train = [{"id": str(i), "label": lab} for i, lab in enumerate("aabbc")]
+    task.fit(train)
+    test = [{"id": "t", "label": lab} for lab in "abcab"] + [{"id": "u", "label": "z"}]  # z: unseen
+    refs = task.references(test)
+    preds = [(0,), (1,), (1,), (0,), (1,), (0,)]
+    ours = task.score(preds, refs)["accuracy"]
+    assert ours == pytest.approx(accuracy_score([r[0] for r in refs], [p[0] for p in preds]))
+    assert refs[-1] == (-1,)
+    assert task.chance(train, test) == pytest.approx(2 / 6)  # "a" is the first most common
+
+
+def test_intent_needs_all_three_slots():
+    task = get_task("ic")
+    rows_ = [{"id": "1", "action": "on", "object": "lights", "location": "kitchen"},
+             {"id": "2", "action": "off", "object": "music", "location": "none"}]
+    task.fit(rows_)
+    refs = task.references(rows_)
+    assert task.score([refs[0], (refs[1][0], refs[1][1], 1 - refs[1][2])], refs)["accuracy"] == 0.5
+
+
+def test_ctc_decoding_and_error_rates_match_jiwer():
+    # frames: a a <b> a b b <b>  -> "a a b"
+    ids = torch.tensor([[1, 1, 0, 1, 2, 2, 0, 2]])
+    log_probs = torch.nn.functional.one_hot(ids, 3).float().log()
+    assert ctc_greedy_decode(log_probs, torch.tensor([7])) == [[1, 1, 2]]  # the 8th frame is padding
+    pr = get_task("pr")
+    pr.fit([{"id": "x", "phones": "a b c"}])
+    refs, hyps = ["a b c", "b c"], ["a c", "b c a"]
+    assert pr.score(hyps, refs)["per"] == pytest.approx(jiwer.wer(refs, hyps)) == pytest.approx(2 / 5)
+    asr = get_task("asr")
+    asr.fit([{"id": "x", "text": "hello world"}])
+    tokens = asr.tokens({"text": "Hello  World"})
+    assert asr.join(tokens) == "hello world" and "|" in tokens
+    assert asr.score(["hello word"], ["hello world"])["wer"] == pytest.approx(0.5)
+
+
+def test_mean_pool_ignores_padding():
+    x = torch.tensor([[[1.0], [3.0], [100.0]]])
+    assert mean_pool(x, torch.tensor([2])).item() == 2.0
+
+
+def test_task_without_labels_in_corpus(superb_lite_tiny, tmp_path):
+    with pytest.raises(ConfigError, match="corpus 'superb_lite' has no labels for task 'ks'"):
+        corpus_manifest("superb_lite", tmp_path, "ks", "train")
+    ks_rows = rows(superb_lite_tiny, "ks")
+    with pytest.raises(ConfigError, match=r"task 'er' needs label column\(s\) emotion"):
+        benchmark(speechssl.load_upstream("fbank"), "er", ks_rows, FEW_STEPS, tmp_path / "r",
+                  corpus="superb_lite", cache_dir=tmp_path / "c")
+    with pytest.raises(ConfigError, match="unknown task 'kws'; known: asr, er, ic, ks, pr, sid"):
+        get_task("kws")
+    assert list_tasks() == ["asr", "er", "ic", "ks", "pr", "sid"]
+
+
+def test_cli_sweep_and_report(superb_lite_tiny, tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "speechssl.cli", "benchmark", "-m", "upstream=fbank", "task=ks",
+         f"data.root={superb_lite_tiny}", "optim.lr=1e-3,1e-2", "trainer.max_steps=4", "trainer.save_every=2",
+         f"cache.dir={tmp_path}/cache", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("fbank ks: test accuracy") == 2
+    assert len(list((tmp_path / "sweep").glob("*/results.json"))) == 2
+    run = subprocess.run(
+        [sys.executable, "-m", "speechssl.cli", "report", f"runs={tmp_path}/sweep", f"hydra.run.dir={tmp_path}/r"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "KS accuracy ↑" in run.stdout
+    assert (tmp_path / "sweep" / "report" / "README.md").exists()
