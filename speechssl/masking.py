@@ -70,8 +70,9 @@ def span_mask(
 
     Where we differ from fairseq, deliberately: fairseq draws starts from
     ``0 .. L - span - 1`` (one start fewer, so the last frame is never masked) and,
-    when more spans are asked for than fit, shortens them. The masked fraction agrees
-    within 0.01 on the grid the tests check.
+    when more spans are asked for than fit, shortens them. The expected masked
+    fractions differ by at most 0.005 for lengths 50..1500, ``mask_prob`` up to 0.8
+    and ``span`` up to 10 (largest at length 50).
 
     ``same_count=True`` gives every utterance of the batch the same number of masked
     frames: ``c = min_b`` of the frames masked by the ordinary draw (the count fairseq's
@@ -181,7 +182,7 @@ def frame_mask(
     # frame from its owner makes overlapping writes agree, hence deterministic.
     offsets = torch.arange(span, device=device)
     frames = (torch.where(keep, starts, T)[:, :, None] + offsets).view(B, K * span)  # (B, K*span)
-    span_id = torch.arange(K, device=device).repeat_interleave(span).expand(B, K * span)
+    span_id = torch.arange(K, device=device)[:, None].expand(K, span).reshape(1, K * span).expand(B, K * span)
     owner = torch.full((B, T + span), -1, device=device, dtype=torch.long)
     owner.scatter_reduce_(1, frames, span_id, "amax")
     time_mask = owner[:, :T] >= 0  # (B, T)
@@ -191,7 +192,7 @@ def frame_mask(
     own_replace = replace.gather(1, owner_of)
     src = frames - starts.gather(1, owner_of) + source.gather(1, owner_of)
     src = torch.where(own_replace, src, frames)  # frames of kept / zeroed spans copy themselves
-    written = keep.repeat_interleave(span, dim=1) & (own_zero | own_replace)
+    written = keep[:, :, None].expand(B, K, span).reshape(B, K * span) & (own_zero | own_replace)
 
     rows = torch.arange(B, device=device)[:, None] * T
     dummy = B * T  # an extra row of `out` swallows the writes we do not want
@@ -219,7 +220,11 @@ def frame_mask(
         noise = torch.randn(B, T, D, generator=generator, device=device, dtype=x.dtype)
         body.addcmul_(noise, valid[:, :, None].to(x.dtype), value=noise_std)
     if channel_width > 0:
-        loss_mask = time_mask[:, :, None] | (chan_mask[:, None, :] & valid[:, :, None])
+        # One pass over (B, T, D): frame code 0 padding, 1 valid, 2 chosen span; a masked
+        # channel (threshold 1) scores valid frames, the others (threshold 2) chosen ones.
+        code = valid.to(torch.uint8) + time_mask.to(torch.uint8)  # (B, T)
+        threshold = 2 - chan_mask.to(torch.uint8)  # (B, D)
+        loss_mask = code[:, :, None] >= threshold[:, None, :]
     else:
         loss_mask = time_mask[:, :, None].expand(B, T, D)
     return body, loss_mask
@@ -367,8 +372,8 @@ def _starts_by_rejection(
     """
     B = n_starts.shape[0]
     cand = _uniform_below(n_starts[:, None].expand(B, draws), generator)  # (B, draws)
-    order = torch.arange(draws, device=cand.device).expand(B, draws)
-    first = torch.full((B, T), draws, device=cand.device, dtype=torch.long)
+    order = torch.arange(draws, device=cand.device, dtype=torch.int32).expand(B, draws)
+    first = torch.full((B, T), draws, device=cand.device, dtype=torch.int32)
     first.scatter_reduce_(1, cand, order, "amin")  # earliest draw of each value
     fresh = first.gather(1, cand) == order
     keep = fresh & (fresh.cumsum(1) <= num[:, None])
