@@ -220,11 +220,13 @@ def frame_mask(
         noise = torch.randn(B, T, D, generator=generator, device=device, dtype=x.dtype)
         body.addcmul_(noise, valid[:, :, None].to(x.dtype), value=noise_std)
     if channel_width > 0:
-        # One pass over (B, T, D): frame code 0 padding, 1 valid, 2 chosen span; a masked
-        # channel (threshold 1) scores valid frames, the others (threshold 2) chosen ones.
-        code = valid.to(torch.uint8) + time_mask.to(torch.uint8)  # (B, T)
-        threshold = 2 - chan_mask.to(torch.uint8)  # (B, D)
-        loss_mask = code[:, :, None] >= threshold[:, None, :]
+        # A frame's loss row is one of three per utterance: padding (none), valid (its
+        # masked channels), chosen span (all). Copying rows is much cheaper than a
+        # broadcast (B, T, 1) x (B, 1, D) comparison.
+        code = valid.to(torch.long) + time_mask.to(torch.long) + 3 * torch.arange(B, device=device)[:, None]
+        patterns = torch.stack([torch.zeros_like(chan_mask), chan_mask, torch.ones_like(chan_mask)], 1)
+        patterns = patterns.to(torch.uint8).view(3 * B, D)  # bool rows, as bytes for index_select
+        loss_mask = patterns.index_select(0, code.view(-1)).view(torch.bool).view(B, T, D)
     else:
         loss_mask = time_mask[:, :, None].expand(B, T, D)
     return body, loss_mask
