@@ -444,8 +444,13 @@ def _spans_to_mask(starts: Tensor, keep: Tensor, span: int, T: int) -> Tensor:
     B, K = starts.shape
     frames = torch.where(keep, starts, T)[:, :, None] + torch.arange(span, device=starts.device)
     mask = torch.zeros(B, T + span, dtype=torch.bool, device=starts.device)
-    mask.scatter_(1, frames.view(B, K * span), True)
+    mask.scatter_(1, frames.view(B, K * span), _true(starts.device).expand(B, K * span))
     return mask[:, :T]
+
+
+def _true(device: torch.device) -> Tensor:
+    # scatter_ from an expanded tensor is about twice as fast on the CPU as from a scalar
+    return torch.ones(1, 1, dtype=torch.bool, device=device)
 
 
 def _same_count_mask(mask: Tensor, lengths: Tensor, span: int, T: int, generator: Optional[torch.Generator]) -> Tensor:
@@ -472,5 +477,5 @@ def _same_count_mask(mask: Tensor, lengths: Tensor, span: int, T: int, generator
     inside = used[:, :, None] & (offsets < size[:, :, None])
     frames = torch.where(inside, start[:, :, None] + offsets, T)
     out = torch.zeros(B, T + 1, dtype=torch.bool, device=device)
-    out.scatter_(1, frames.view(B, -1), True)
+    out.scatter_(1, frames.view(B, -1), _true(device).expand(B, frames.shape[1] * frames.shape[2]))
     return out[:, :T]
