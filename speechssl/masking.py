@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -34,7 +34,7 @@ _MAX_SHORTFALL = 1e-12
 _MAX_DRAWS_FACTOR = 4
 
 
-def lengths_to_mask(lengths: Tensor, max_len: Optional[int] = None) -> Tensor:
+def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     """Valid-frame mask from lengths.
 
     Args:
@@ -55,10 +55,10 @@ def span_mask(
     mask_prob: float,
     span: int,
     *,
-    max_len: Optional[int] = None,
+    max_len: int | None = None,
     min_masks: int = 0,
     same_count: bool = False,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """wav2vec 2.0 / HuBERT span mask (fairseq ``compute_mask_indices``, static spans).
 
@@ -118,8 +118,8 @@ def frame_mask(
     policy: Sequence[float] = (0.8, 0.1, 0.1),
     channel_width: int = 0,
     noise_std: float = 0.0,
-    generator: Optional[torch.Generator] = None,
-) -> Tuple[Tensor, Tensor]:
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Mockingjay / TERA masked acoustic model input (Liu et al. 2020, 2021, sec. 3).
 
     Time: ``int(mask_prob * L / span + U[0, 1))`` spans of ``span`` consecutive frames
@@ -168,7 +168,45 @@ def frame_mask(
     if noise_std < 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
     device = x.device
+    lengths = lengths.clamp(max=T)
 
+    time_mask, dst, src, zeroed = _time_spans(lengths, mask_prob, span, policy, T, generator)
+    chan_mask = _channel_blocks(B, D, channel_width, device, generator) if channel_width > 0 else None
+    out = torch.empty(B * T + 1, D, dtype=x.dtype, device=device)  # last row: sink for unwanted writes
+    body = out[: B * T].view(B, T, D)
+    if chan_mask is not None:
+        torch.mul(x, (~chan_mask).to(x.dtype)[:, None, :], out=body)
+    else:
+        body.copy_(x)
+    values = body.view(B * T, D).index_select(0, src)  # already channel-masked
+    values.mul_(~zeroed[:, None])
+    out.index_copy_(0, dst, values)
+
+    valid = lengths_to_mask(lengths, T)
+    if noise_std > 0:
+        noise = torch.randn(B, T, D, generator=generator, device=device, dtype=x.dtype)
+        body.addcmul_(noise, valid[:, :, None].to(x.dtype), value=noise_std)
+    if chan_mask is None:
+        return body, time_mask[:, :, None].expand(B, T, D)
+    # A frame's loss row is one of three per utterance: padding (none), valid (its masked
+    # channels), chosen span (all). Copying rows is much cheaper than a broadcast
+    # (B, T, 1) x (B, 1, D) comparison.
+    code = valid.to(torch.long) + time_mask.to(torch.long) + 3 * torch.arange(B, device=device)[:, None]
+    patterns = torch.stack([torch.zeros_like(chan_mask), chan_mask, torch.ones_like(chan_mask)], 1)
+    patterns = patterns.to(torch.uint8).view(3 * B, D)  # bool rows, as bytes for index_select
+    return body, patterns.index_select(0, code.view(-1)).view(torch.bool).view(B, T, D)
+
+
+def _time_spans(
+    lengths: Tensor, mask_prob: float, span: int, policy: Sequence[float], T: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Frame-mask spans and the row writes that apply their policy.
+
+    Returns ``time_mask`` ``(B, T)`` bool (frames of chosen spans), and for a fixed-size
+    list of frame writes into the ``(B * T + 1, D)`` output: destination rows ``dst``
+    (row ``B * T`` is a sink), source rows ``src`` of ``x`` and ``zeroed`` (write zeros).
+    """
+    B, device = lengths.shape[0], lengths.device
     starts, keep = _span_starts(lengths, mask_prob, span, T, 0, generator)  # (B, K)
     K = starts.shape[1]
     # Per span: what to do with it, and where its replacement comes from.
@@ -191,45 +229,21 @@ def frame_mask(
     own_zero = zero.gather(1, owner_of)
     own_replace = replace.gather(1, owner_of)
     src = frames - starts.gather(1, owner_of) + source.gather(1, owner_of)
-    src = torch.where(own_replace, src, frames)  # frames of kept / zeroed spans copy themselves
+    src = torch.where(own_replace, src, frames)
     written = keep[:, :, None].expand(B, K, span).reshape(B, K * span) & (own_zero | own_replace)
 
     rows = torch.arange(B, device=device)[:, None] * T
-    dummy = B * T  # an extra row of `out` swallows the writes we do not want
-    dst = torch.where(written, rows + frames, dummy).view(-1)
+    dst = torch.where(written, rows + frames, B * T).view(-1)
     src = torch.where(written, rows + src, 0).view(-1)
+    return time_mask, dst, src, own_zero.view(-1)
 
-    if channel_width > 0:
-        width = _uniform_below(torch.full((B,), channel_width + 1, device=device), generator)
-        low = _uniform_below(D - width + 1, generator)
-        chans = torch.arange(D, device=device)
-        chan_mask = (chans >= low[:, None]) & (chans < (low + width)[:, None])  # (B, D)
-        chan_keep = (~chan_mask).to(x.dtype)[:, None, :]  # (B, 1, D)
-    out = torch.empty(B * T + 1, D, dtype=x.dtype, device=device)
-    body = out[: B * T].view(B, T, D)
-    if channel_width > 0:
-        torch.mul(x, chan_keep, out=body)
-    else:
-        body.copy_(x)
-    values = body.view(B * T, D).index_select(0, src)  # already channel-masked
-    values.mul_(~own_zero.view(-1, 1))
-    out.index_copy_(0, dst, values)
 
-    valid = lengths_to_mask(lengths, T)
-    if noise_std > 0:
-        noise = torch.randn(B, T, D, generator=generator, device=device, dtype=x.dtype)
-        body.addcmul_(noise, valid[:, :, None].to(x.dtype), value=noise_std)
-    if channel_width > 0:
-        # A frame's loss row is one of three per utterance: padding (none), valid (its
-        # masked channels), chosen span (all). Copying rows is much cheaper than a
-        # broadcast (B, T, 1) x (B, 1, D) comparison.
-        code = valid.to(torch.long) + time_mask.to(torch.long) + 3 * torch.arange(B, device=device)[:, None]
-        patterns = torch.stack([torch.zeros_like(chan_mask), chan_mask, torch.ones_like(chan_mask)], 1)
-        patterns = patterns.to(torch.uint8).view(3 * B, D)  # bool rows, as bytes for index_select
-        loss_mask = patterns.index_select(0, code.view(-1)).view(torch.bool).view(B, T, D)
-    else:
-        loss_mask = time_mask[:, :, None].expand(B, T, D)
-    return body, loss_mask
+def _channel_blocks(B: int, D: int, width: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """``(B, D)`` bool: one block of ``U{0..width}`` channels at a uniform position per row."""
+    widths = _uniform_below(torch.full((B,), width + 1, device=device), generator)
+    low = _uniform_below(D - widths + 1, generator)
+    chans = torch.arange(D, device=device)
+    return (chans >= low[:, None]) & (chans < (low + widths)[:, None])
 
 
 def sample_negatives(
@@ -237,9 +251,9 @@ def sample_negatives(
     lengths: Tensor,
     num_negatives: int,
     *,
-    positions: Optional[Tensor] = None,
-    generator: Optional[torch.Generator] = None,
-) -> Tuple[Tensor, Tensor]:
+    positions: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Distractors for contrastive losses, from the same utterance (wav2vec 2.0 sec. 3.2).
 
     For each positive frame ``t`` of utterance ``b``, ``num_negatives`` frames are drawn
@@ -283,7 +297,7 @@ def sample_negatives(
     return negatives.view(B, P, num_negatives, D), indices
 
 
-def shift_targets(x: Tensor, lengths: Tensor, n: int) -> Tuple[Tensor, Tensor]:
+def shift_targets(x: Tensor, lengths: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """n-step-ahead targets (APC, Chung et al. 2019, eq. 1; CPC's k-th step).
 
     Args:
@@ -317,14 +331,14 @@ def _check_lengths(lengths: Tensor) -> None:
         raise ValueError(f"lengths must be a 1-D integer tensor, got {lengths.dtype} of shape {tuple(lengths.shape)}")
 
 
-def _max_len(lengths: Tensor, max_len: Optional[int]) -> int:
+def _max_len(lengths: Tensor, max_len: int | None) -> int:
     if max_len is not None:
         return int(max_len)
     return int(lengths.max()) if lengths.numel() else 0  # host sync, documented
 
 
 def _uniform_below(
-    high: Tensor, generator: Optional[torch.Generator], dtype: torch.dtype = torch.float64
+    high: Tensor, generator: torch.Generator | None, dtype: torch.dtype = torch.float64
 ) -> Tensor:
     """Integers uniform in ``[0, high)`` elementwise (``high >= 1``; 0 where ``high == 0``).
 
@@ -336,8 +350,8 @@ def _uniform_below(
 
 
 def _span_starts(
-    lengths: Tensor, mask_prob: float, span: int, T: int, min_masks: int, generator: Optional[torch.Generator]
-) -> Tuple[Tensor, Tensor]:
+    lengths: Tensor, mask_prob: float, span: int, T: int, min_masks: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     """Span starts, uniform without replacement among the valid starts of each row.
 
     Returns ``starts`` ``(B, K)`` long and ``keep`` ``(B, K)`` bool: row ``b`` uses the
@@ -365,8 +379,8 @@ def _max_spans(mask_prob: float, span: int, T: int, min_masks: int) -> int:
 
 
 def _starts_by_rejection(
-    n_starts: Tensor, num: Tensor, draws: int, T: int, generator: Optional[torch.Generator]
-) -> Tuple[Tensor, Tensor]:
+    n_starts: Tensor, num: Tensor, draws: int, T: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     """Draw starts with replacement and keep each row's first ``num`` distinct ones.
 
     Drawing in sequence and rejecting repeats is exactly sampling without replacement;
@@ -383,8 +397,8 @@ def _starts_by_rejection(
 
 
 def _starts_by_keys(
-    n_starts: Tensor, num: Tensor, K: int, width: int, generator: Optional[torch.Generator]
-) -> Tuple[Tensor, Tensor]:
+    n_starts: Tensor, num: Tensor, K: int, width: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     """Exact path for dense draws: the ``K`` largest of uniform keys on the valid starts."""
     B, device = n_starts.shape[0], n_starts.device
     keys = torch.rand(B, width, generator=generator, device=device)
@@ -453,7 +467,7 @@ def _true(device: torch.device) -> Tensor:
     return torch.ones(1, 1, dtype=torch.bool, device=device)
 
 
-def _same_count_mask(mask: Tensor, lengths: Tensor, span: int, T: int, generator: Optional[torch.Generator]) -> Tensor:
+def _same_count_mask(mask: Tensor, lengths: Tensor, span: int, T: int, generator: torch.Generator | None) -> Tensor:
     """Relay ``c = min_b mask[b].sum()`` frames in every row as whole, non-overlapping spans."""
     B, device = mask.shape[0], mask.device
     count = mask.sum(1).min()  # 0-dim, stays on the device

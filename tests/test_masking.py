@@ -8,10 +8,18 @@ import math
 
 import pytest
 import torch
-from torchaudio.models.wav2vec2.components import _compute_mask_indices as torchaudio_mask_indices
+from torchaudio.models.wav2vec2.components import (
+    _compute_mask_indices as torchaudio_mask_indices,
+)
 
 from speechssl import masking
-from speechssl.masking import frame_mask, lengths_to_mask, sample_negatives, shift_targets, span_mask
+from speechssl.masking import (
+    frame_mask,
+    lengths_to_mask,
+    sample_negatives,
+    shift_targets,
+    span_mask,
+)
 
 
 def gen(seed=0, device="cpu"):
