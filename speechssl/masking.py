@@ -68,6 +68,13 @@ def span_mask(
     utterance, so spans may overlap but never reach padding. An utterance shorter than
     ``span`` gets no span, and ``num_spans`` is capped at the number of valid starts.
 
+    How: each row draws a few more starts than it can need, with replacement, and keeps
+    its first ``num_spans`` distinct ones (sequential draws rejecting repeats are exactly
+    sampling without replacement). The number of draws is planned on the host from
+    ``(mask_prob, span, T, min_masks)`` so that a row runs short with probability below
+    1e-12; where that would take too many draws (most starts chosen), random keys and
+    ``topk`` over all starts are used instead.
+
     Where we differ from fairseq, deliberately: fairseq draws starts from
     ``0 .. L - span - 1`` (one start fewer, so the last frame is never masked) and,
     when more spans are asked for than fit, shortens them. The expected masked
