@@ -47,7 +47,7 @@ TARGETS = {  # (benchmark, reference, B) -> least speed-up the issue asks for
     ("span", "HF", 256, "cuda"): 10.0,
     ("frame", "s3prl", 256, "cuda"): 10.0,
 }
-TERA = dict(  # s3prl's TERA pretraining settings (pretrain/tera/config_model.yaml)
+TERA = dict(  # TERA settings: the defaults of s3prl's PretrainTeraPipe (s3prl/dataset/pretrain_tera_pipe.py)
     position_encoding_size=768,
     mask_proportion=0.15,
     mask_consecutive_min=7,

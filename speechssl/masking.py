@@ -396,8 +396,9 @@ def _starts_by_rejection(
     B = n_starts.shape[0]
     cand = _uniform_below(n_starts[:, None].expand(B, draws), generator)  # (B, draws)
     order = torch.arange(draws, device=cand.device, dtype=torch.int32).expand(B, draws)
-    first = torch.full((B, T), draws, device=cand.device, dtype=torch.int32)
-    first.scatter_reduce_(1, cand, order, "amin")  # earliest draw of each value
+    # Earliest draw of each value; cells no draw hits stay uninitialised and are never read.
+    first = torch.empty((B, T), device=cand.device, dtype=torch.int32)
+    first.scatter_reduce_(1, cand, order, "amin", include_self=False)
     fresh = first.gather(1, cand) == order
     keep = fresh & (fresh.cumsum(1) <= num[:, None])
     return cand, keep
