@@ -349,10 +349,13 @@ def _uniform_below(
 ) -> Tensor:
     """Integers uniform in ``[0, high)`` elementwise (``high >= 1``; 0 where ``high == 0``).
 
-    float64 keeps the rounding bias below 1e-12; float32 (bias ~ high / 2**24) is for
-    large draws. The clamp catches ``u * high`` rounding up to ``high``.
+    float64 keeps the rounding bias below 1e-12, and ``u * high`` (``u <= 1 - 2**-53``,
+    ``high < 2**52``) rounds to below ``high``. float32 (bias ~ ``high / 2**24``) is for
+    large draws; there ``u * high`` can round up to ``high``, which the clamp catches.
     """
     u = torch.rand(high.shape, generator=generator, device=high.device, dtype=dtype)
+    if dtype == torch.float64:
+        return (u * high).long()
     return torch.minimum((u * high).long(), (high - 1).clamp(min=0))
 
 
@@ -368,7 +371,7 @@ def _span_starts(
     lengths = lengths.clamp(max=T)
     n_starts = (lengths - span + 1).clamp(min=0)  # (B,) valid starts 0 .. L - span
     u = torch.rand(B, generator=generator, device=device)
-    num = (mask_prob * lengths / span + u).long().clamp(min=min_masks)
+    num = u.add_(lengths, alpha=mask_prob / span).long().clamp(min=min_masks)  # int(p L / span + U)
     num = torch.minimum(num, n_starts)  # (B,)
     K = _max_spans(mask_prob, span, T, min_masks)
     if K == 0:
