@@ -288,6 +288,11 @@ def main(argv: list[str] | None = None) -> None:
     missing = [f"{peer}: {reason}" for peer, reason in why.items()]
     if missing:
         notes.append("Peers missing: " + "; ".join(missing) + ".")
+    if "fairseq" in why:
+        notes.append(
+            "fairseq 0.12.2 (the latest on PyPI) pins hydra-core<1.1 and omegaconf<2.1, which conflict with "
+            "speechssl's hydra-core>=1.3; torchaudio's `_compute_mask_indices` is a copy of its function."
+        )
     parts = [SECTION, *notes]
     for n in args.threads:
         torch.set_num_threads(n)
