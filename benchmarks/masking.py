@@ -283,6 +283,12 @@ def main(argv: list[str] | None = None) -> None:
         "multi-threaded torch ops stall waiting for a descheduled thread, which hurts the vectorized code "
         "(few large ops) far more than the NumPy and per-utterance loops; the 1-thread table is then the fair one.",
     ]
+    notes.append(
+        "At B=256 most of frame_mask's time is the first touch (page faults) of its two new outputs, "
+        "the masked features (123 MB) and the loss mask (31 MB): writing into fresh memory took about 3x "
+        "as long as into reused memory here. PyTorch's THP_MEM_ALLOC_ENABLE=1 (huge pages) halves that "
+        "for every implementation; these tables are without it."
+    )
     if not torch.cuda.is_available():
         notes.append("No CUDA device on this machine: the GPU rows (target 10x at B=256, under 0.3 ms) were not measured.")
     missing = [f"{peer}: {reason}" for peer, reason in why.items()]
