@@ -470,7 +470,7 @@ def _spans_to_mask(starts: Tensor, keep: Tensor, span: int, T: int) -> Tensor:
     frames = torch.where(keep, starts, T)[:, :, None] + torch.arange(span, device=starts.device)
     mask = torch.zeros(B, T + span, dtype=torch.bool, device=starts.device)
     mask.scatter_(1, frames.view(B, K * span), _true(starts.device).expand(B, K * span))
-    return mask[:, :T]
+    return mask[:, :T].contiguous()  # a copy of (B, T) bools costs little; views surprise callers
 
 
 def _true(device: torch.device) -> Tensor:
@@ -503,4 +503,4 @@ def _same_count_mask(mask: Tensor, lengths: Tensor, span: int, T: int, generator
     frames = torch.where(inside, start[:, :, None] + offsets, T)
     out = torch.zeros(B, T + 1, dtype=torch.bool, device=device)
     out.scatter_(1, frames.view(B, -1), _true(device).expand(B, frames.shape[1] * frames.shape[2]))
-    return out[:, :T]
+    return out[:, :T].contiguous()

@@ -372,3 +372,9 @@ def test_cuda_matches_cpu_statistics():
     lengths = torch.full((2000,), 400, device="cuda")
     mask = span_mask(lengths, 0.65, 10, max_len=400, generator=gen(32, "cuda"))
     assert abs(mask.float().mean().item() - expected_fraction(400, 0.65, 10, 391)) < 0.005
+
+
+def test_span_mask_is_contiguous():
+    lengths = torch.tensor([50, 30])
+    for same_count in (False, True):
+        assert span_mask(lengths, 0.5, 5, max_len=50, same_count=same_count, generator=gen(33)).is_contiguous()
