@@ -9,6 +9,7 @@
 from speechssl.data.audio import collate, load_audio
 from speechssl.errors import AudioError, CheckpointError, ConfigError, SpeechSSLError
 from speechssl.interface import Features, Featurizer, Upstream, lengths_to_mask
+from speechssl.masking import frame_mask, sample_negatives, shift_targets, span_mask
 from speechssl.registry import build_upstream, list_upstreams, load_upstream, register
 
 __version__ = "0.1.0"
@@ -23,9 +24,13 @@ __all__ = [
     "Upstream",
     "build_upstream",
     "collate",
+    "frame_mask",
     "lengths_to_mask",
     "list_upstreams",
     "load_audio",
     "load_upstream",
     "register",
+    "sample_negatives",
+    "shift_targets",
+    "span_mask",
 ]

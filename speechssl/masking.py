@@ -12,7 +12,7 @@ the frame count ``T`` is known. Every random draw takes an explicit
 - :func:`sample_negatives`: distractors for contrastive losses (wav2vec 2.0,
   CPC, vq-wav2vec), drawn from the same utterance.
 - :func:`shift_targets`: n-step-ahead targets for APC and CPC.
-- :func:`lengths_to_mask`: ``(B,)`` lengths to a ``(B, T)`` validity mask.
+- :func:`lengths_to_mask` (from :mod:`speechssl.interface`): ``(B,)`` lengths to a ``(B, T)`` validity mask.
 
 Shapes: ``B`` batch, ``T`` frames, ``D`` features, ``K`` spans, ``N`` negatives.
 """
@@ -26,28 +26,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from speechssl.interface import lengths_to_mask
+
 # Probability, per utterance, that the fast start sampler sees fewer distinct
 # starts than it needs. The planner picks the number of draws so that a
 # Chernoff bound on it stays below this; above the cap it uses the exact
 # random-keys path instead.
 _MAX_SHORTFALL = 1e-12
 _MAX_DRAWS_FACTOR = 4
-
-
-def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
-    """Valid-frame mask from lengths.
-
-    Args:
-        lengths: ``(B,)`` integer tensor, valid frames of each utterance.
-        max_len: ``T``. ``None`` reads ``lengths.max()`` from the device (one host sync).
-
-    Returns:
-        ``(B, T)`` bool, True on the first ``lengths[b]`` frames of row ``b``.
-    """
-    _check_lengths(lengths)
-    if max_len is None:
-        max_len = int(lengths.max()) if lengths.numel() else 0
-    return torch.arange(max_len, device=lengths.device) < lengths[:, None]
 
 
 def span_mask(
