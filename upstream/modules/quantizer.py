@@ -47,7 +47,7 @@ class GumbelVQ(nn.Module):
         logits = torch.einsum("btgd,gdc->btgc", x, self.logit_weight) + self.logit_bias  # (B, T, G, C)
         if self.training:
             uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-            gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-10)).clamp(min=1e-10))
+            gumbel = -torch.log((-torch.log(uniform.clamp(min=1e-10))).clamp(min=1e-10))  # Gumbel(0, 1)
             soft = F.softmax((logits + gumbel) / self.temperature, dim=-1)
             codes = soft.argmax(dim=-1)  # (B, T, G)
             hard = F.one_hot(codes, self.codebook_size).to(soft.dtype)
