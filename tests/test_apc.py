@@ -1,0 +1,168 @@
+"""APC / VQ-APC: hidden states, parameter counts, the n-step-ahead L1 loss, VQ codes."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speechssl.registry import build_upstream, get_entry
+from upstream.apc import APCObjective
+from upstream.modules.quantizer import GumbelVQ
+
+
+def tiny(name="apc", **overrides):
+    torch.manual_seed(0)
+    return build_upstream(name, **{**get_entry(name).tiny, **overrides})
+
+
+def tones(B=4, seconds=1.0, seed=0):
+    """Harmonic tones with random f0 and a slow amplitude envelope: (B, S)."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(16000 * seconds)) / 16000
+    f0 = 100 + 200 * torch.rand(B, 1, generator=g)
+    wav = sum(torch.sin(2 * math.pi * k * f0 * t) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t + 6 * torch.rand(B, 1, generator=g))
+    return 0.1 * wav * envelope
+
+
+def s3prl_apc_module():
+    """s3prl's ``upstream/apc/apc.py``, imported as a stand-alone package (its hub needs old torchaudio)."""
+    spec = importlib.util.find_spec("s3prl")
+    if spec is None:
+        pytest.skip("s3prl not installed")
+    folder = Path(spec.origin).parent / "upstream" / "apc"
+    package = importlib.util.spec_from_file_location("s3prl_apc", folder / "__init__.py", submodule_search_locations=[str(folder)])
+    sys.modules["s3prl_apc"] = importlib.util.module_from_spec(package)
+    package.loader.exec_module(sys.modules["s3prl_apc"])
+    return importlib.import_module("s3prl_apc.apc")
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def s3prl_apc_params(D_in, H, L, codebook=None):
+    """s3prl's ``APC`` (GRU stack + postnet [+ VQ layer after the last layer]), by hand."""
+    gru = lambda i: 3 * (i * H + H * H + 2 * H)  # noqa: E731  (W_ih, W_hh, b_ih, b_hh for r, z, n)
+    total = gru(D_in) + (L - 1) * gru(H) + (H * D_in + D_in)
+    if codebook:
+        total += (H * codebook + codebook) + codebook * H  # vq_logits, codebook_CxE (no bias)
+    return total
+
+
+@pytest.mark.parametrize("name", ["apc", "vq_apc"])
+def test_paper_size_has_s3prls_parameter_count(name):
+    objective = APCObjective(build_upstream(name))  # the postnet lives in the objective
+    assert count(objective) == s3prl_apc_params(80, 512, 3, 512 if name == "vq_apc" else None)
+
+
+def test_parameter_count_and_outputs_match_s3prl_with_its_weights():
+    apc = s3prl_apc_module()
+    vq = {"codebook_size": [32], "code_dim": [64], "gumbel_temperature": 0.5}
+    theirs = apc.APC(80, 64, 3, 0.1, True, vq=vq).eval()
+    objective = APCObjective(build_upstream("vq_apc", hidden_size=64, codebook_size=32)).eval()
+    assert count(theirs) == count(objective) == s3prl_apc_params(80, 64, 3, 32)
+    upstream = objective.upstream
+    state = {f"rnns.{k[len('rnn_layers.'):]}": v for k, v in theirs.state_dict().items() if k.startswith("rnn_layers.")}
+    state.update({f"postnet.{k}": v for k, v in theirs.postnet.state_dict().items()})
+    vq_layer = theirs.vq_layers[0]
+    state["upstream.quantizers.3.logit_weight"] = vq_layer.vq_logits.weight.T[None]
+    state["upstream.quantizers.3.logit_bias"] = vq_layer.vq_logits.bias[None]
+    state["upstream.quantizers.3.codebook"] = vq_layer.codebook_CxE.weight.T[None]
+    upstream.load_state_dict({k: v for k, v in state.items() if not k.startswith(("upstream.", "postnet."))} | {
+        k[len("upstream."):]: v for k, v in state.items() if k.startswith("upstream.")
+    })
+    objective.postnet.load_state_dict(theirs.postnet.state_dict())
+    x = torch.randn(2, 40, 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        predicted, last = theirs(x, torch.tensor([40, 40]), testing=True)
+        states, top, _ = upstream.transform(x)
+    torch.testing.assert_close(states[-1], last, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(objective.postnet(top), predicted, atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_states_are_input_then_every_layer():
+    model = tiny().eval()
+    wavs, lens = tones(2), torch.tensor([16000, 9000])
+    feats = model(wavs, lens)
+    x, lengths = model.input_features(wavs, lens)
+    assert model.hidden_sizes == [80, 64, 64] and len(feats.hidden_states) == 3
+    assert feats.lengths.tolist() == [98, 54]
+    with torch.no_grad():
+        h1, _ = model.rnns[0](x)
+        h2 = model.rnns[1](h1)[0] + h1  # residual from layer 2 on
+    torch.testing.assert_close(feats.hidden_states[0][0], x[0])
+    torch.testing.assert_close(feats.hidden_states[1][0], h1[0])
+    torch.testing.assert_close(feats.hidden_states[2][0], h2[0])
+    assert (feats.hidden_states[2][1, 54:] == 0).all()
+
+
+def test_lstm_by_config():
+    model = tiny(rnn="lstm").eval()
+    assert isinstance(model.rnns[0], torch.nn.LSTM)
+    assert model(tones(1)).last.shape == (1, 98, 64)
+
+
+def test_loss_is_l1_n_frames_ahead_over_valid_frames_only():
+    objective = APCObjective(tiny()).eval()
+    assert objective.upstream.config.n_future == 5  # s3prl's pretrain/apc/config_model.yaml
+    x, lengths = objective.upstream.input_features(tones(3), torch.tensor([16000, 12000, 7000]))
+    with torch.no_grad():
+        loss, _ = objective.loss_on_features(x, lengths)
+        errors = []
+        for b, T in enumerate(lengths.tolist()):  # each utterance alone, by hand
+            _, top, _ = objective.upstream.transform(x[b : b + 1, :T])
+            errors.append((objective.postnet(top)[0, : T - 5] - x[b, 5:T]).abs().flatten())
+        padded = objective.loss_on_features(F.pad(x, (0, 0, 0, 30), value=0.7), lengths)[0]
+    torch.testing.assert_close(loss, torch.cat(errors).mean(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(padded, loss, atol=1e-6, rtol=0)
+
+
+def test_vq_codes_in_range_and_extra_outputs():
+    model = tiny("vq_apc", vq_layers=[1, 2], vq_groups=2).eval()
+    feats = model(tones(2), torch.tensor([16000, 9000]))
+    assert set(feats.extra) == {"codes_1", "quantized_1", "codes_2", "quantized_2"}
+    codes = feats.extra["codes_2"]
+    assert codes.shape == (2, 98, 2) and codes.dtype == torch.int64
+    assert 0 <= int(codes.min()) and int(codes.max()) < 32
+    assert (codes[1, 54:] == 0).all()
+    # The hidden states are the RNN outputs before quantization; layer 2 reads quantized_1.
+    x, _ = model.input_features(tones(2), torch.tensor([16000, 9000]))
+    with torch.no_grad():
+        h2 = model.rnns[1](feats.extra["quantized_1"][:1])[0] + feats.extra["quantized_1"][:1]
+    torch.testing.assert_close(feats.hidden_states[2][0], h2[0])
+
+
+def test_gumbel_vq_trains_through_straight_through_and_follows_its_generator():
+    vq = GumbelVQ(8, 16, groups=2, temperature=0.5).train()
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    q1, c1 = vq(x, torch.Generator().manual_seed(0))
+    q2, c2 = vq(x, torch.Generator().manual_seed(0))
+    assert torch.equal(c1, c2) and torch.equal(q1, q2)
+    torch.testing.assert_close(q1.view(3, 5, 2, 4)[0, 0, 1], vq.codebook[1, c1[0, 0, 1]])
+    q1.sum().backward()
+    assert vq.logit_weight.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+    vq.eval()
+    logits = torch.einsum("btgd,gdc->btgc", x.view(3, 5, 2, 4), vq.logit_weight) + vq.logit_bias
+    assert torch.equal(vq(x)[1], logits.argmax(-1))
+
+
+@pytest.mark.parametrize("name, ratio", [("apc", 0.6), ("vq_apc", 0.7)])  # the code bottleneck learns slower
+def test_loss_falls_on_a_fixed_batch(name, ratio):
+    objective = APCObjective(tiny(name)).train()
+    wavs, lens = tones(4, 1.0), torch.tensor([16000, 14000, 12000, 10000])
+    optimizer = torch.optim.Adam(objective.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, logs = objective(wavs, lens, generator=torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < ratio * losses[0], losses
+    if name == "vq_apc":
+        assert 1 <= float(logs["ppx_2"]) <= 32

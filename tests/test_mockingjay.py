@@ -1,0 +1,245 @@
+"""Mockingjay / TERA: encoder blocks, hidden states, parameter counts, the masked reconstruction loss."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import speechssl
+from speechssl.masking import frame_mask
+from speechssl.registry import build_upstream, get_entry
+from upstream.mockingjay import MockingjayObjective
+from upstream.modules.transformer import EncoderLayer, sinusoid_positions
+
+
+def s3prl_file(relative):
+    """A module of the installed s3prl loaded by file (its hub does not import on new torchaudio)."""
+    spec = importlib.util.find_spec("s3prl")
+    if spec is None:
+        pytest.skip("s3prl not installed")
+    path = Path(spec.origin).parent / relative
+    module_spec = importlib.util.spec_from_file_location(f"s3prl_file_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def tiny(name="mockingjay", **overrides):
+    torch.manual_seed(0)
+    return build_upstream(name, **{**get_entry(name).tiny, **overrides})
+
+
+def tones(B=4, seconds=1.0, seed=0):
+    """Harmonic tones with random f0 and a slow amplitude envelope: (B, S)."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(16000 * seconds)) / 16000
+    f0 = 100 + 200 * torch.rand(B, 1, generator=g)
+    wav = sum(torch.sin(2 * math.pi * k * f0 * t) / k for k in range(1, 6))
+    envelope = 0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t + 6 * torch.rand(B, 1, generator=g))
+    return 0.1 * wav * envelope
+
+
+# -- parameter counts --------------------------------------------------------------------
+
+
+def s3prl_transformer_params(D_in, H, L, ffn, pre_layer_norm=False):
+    """Parameters of s3prl's ``TransformerModel`` (upstream/mockingjay/model.py), by hand."""
+    ln = 2 * H
+    inputs = D_in * H + H + ln  # spec_transform, LayerNorm
+    attention = 3 * (H * H + H) + (H * H + H) + ln  # query, key, value, output.dense, LayerNorm
+    feed_forward = (H * ffn + ffn) + (ffn * H + H) + ln  # intermediate.dense, output.dense, LayerNorm
+    encoder_norms = (L + 1) * ln if pre_layer_norm else 0  # one per returned state
+    return inputs + L * (attention + feed_forward) + encoder_norms
+
+
+def s3prl_head_params(H, D_out):
+    """s3prl's ``TransformerSpecPredictionHead``: dense, LayerNorm, output."""
+    return (H * H + H) + 2 * H + (H * D_out + D_out)
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("layers, pre_ln", [(3, False), (12, False), (3, True)])
+def test_paper_sizes_have_s3prls_parameter_count(layers, pre_ln):
+    model = build_upstream("mockingjay", num_layers=layers, pre_layer_norm=pre_ln)
+    assert count(model) == s3prl_transformer_params(80, 768, layers, 3072, pre_ln)
+    if layers == 3 and not pre_ln:
+        assert count(model) == 21_327_360
+        assert count(MockingjayObjective(model).head) == s3prl_head_params(768, 80)
+
+
+def s3prl_config(layers, pre_ln=False):
+    ref = s3prl_file("upstream/mockingjay/model.py")
+    options = dict(
+        hidden_size=768, num_hidden_layers=layers, num_attention_heads=12, hidden_act="gelu",
+        intermediate_size=3072, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        initializer_range=0.02, layer_norm_eps=1e-12, share_layer=False, pre_layer_norm=pre_ln,
+    )  # fmt: skip
+    return ref, ref.TransformerConfig(options)
+
+
+@pytest.mark.parametrize("layers, pre_ln", [(3, False), (12, False), (3, True)])
+def test_parameter_count_against_s3prl_itself(layers, pre_ln):
+    ref, config = s3prl_config(layers, pre_ln)
+    theirs = ref.TransformerModel(config, 80)
+    assert count(build_upstream("mockingjay", num_layers=layers, pre_layer_norm=pre_ln)) == count(theirs)
+    assert count(ref.TransformerSpecPredictionHead(config, 80)) == s3prl_head_params(768, 80)
+
+
+def test_hidden_states_match_s3prl_with_its_weights():
+    ref, config = s3prl_config(2)
+    theirs = ref.TransformerModel(config, 80).eval()
+    ours = build_upstream("mockingjay", num_layers=2).eval()
+    state = {
+        "input_projection.weight": theirs.input_representations.spec_transform.weight,
+        "input_projection.bias": theirs.input_representations.spec_transform.bias,
+        "input_norm.weight": theirs.input_representations.LayerNorm.weight,
+        "input_norm.bias": theirs.input_representations.LayerNorm.bias,
+    }
+    for i, layer in enumerate(theirs.encoder.layer):
+        a, mine = layer.attention, f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [getattr(getattr(a.self, n), kind) for n in ("query", "key", "value")]
+            state[mine + f"attention.qkv.{kind}"] = torch.cat(qkv)
+            state[mine + f"attention.out.{kind}"] = getattr(a.output.dense, kind)
+            state[mine + f"attention_norm.{kind}"] = getattr(a.output.LayerNorm, kind)
+            state[mine + f"ffn_in.{kind}"] = getattr(layer.intermediate.dense, kind)
+            state[mine + f"ffn_out.{kind}"] = getattr(layer.output.dense, kind)
+            state[mine + f"ffn_norm.{kind}"] = getattr(layer.output.LayerNorm, kind)
+    ours.load_state_dict(state)
+    x = torch.randn(2, 50, 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = theirs(x, sinusoid_positions(50, 768)[None], torch.ones(2, 50))
+        got = ours.transform(x, torch.tensor([50, 50]))
+    assert len(got) == len(expected) == 3
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_position_table_is_s3prls_formula():
+    table = sinusoid_positions(30, 8)
+    t, i = 17, torch.arange(8)
+    angle = t / 10000 ** (2 * (i // 2) / 8)
+    expected = torch.where(i % 2 == 0, torch.sin(angle), torch.cos(angle))
+    torch.testing.assert_close(table[t], expected.float())
+
+
+# -- encoder blocks and hidden states -------------------------------------------------------
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_encoder_layer_equals_torch_transformer_layer(pre_ln):
+    torch.manual_seed(0)
+    ours = EncoderLayer(
+        16, 4, 32, dropout=0.0, attention_dropout=0.0, activation="gelu", layer_norm_eps=1e-5, pre_layer_norm=pre_ln
+    ).eval()
+    ref = torch.nn.TransformerEncoderLayer(16, 4, 32, 0.0, "gelu", batch_first=True, norm_first=pre_ln).eval()
+    ref.self_attn.in_proj_weight.data.copy_(ours.attention.qkv.weight)
+    ref.self_attn.in_proj_bias.data.copy_(ours.attention.qkv.bias)
+    ref.self_attn.out_proj.load_state_dict(ours.attention.out.state_dict())
+    ref.linear1.load_state_dict(ours.ffn_in.state_dict())
+    ref.linear2.load_state_dict(ours.ffn_out.state_dict())
+    ref.norm1.load_state_dict(ours.attention_norm.state_dict())
+    ref.norm2.load_state_dict(ours.ffn_norm.state_dict())
+    x = torch.randn(2, 9, 16)
+    lengths = torch.tensor([9, 5])
+    valid = speechssl.interface.lengths_to_mask(lengths, 9)
+    with torch.no_grad():
+        got = ours(x, valid[:, None, None, :])
+        expected = ref(x, src_key_padding_mask=~valid)
+    torch.testing.assert_close(got[valid], expected[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_states_are_input_then_every_layer():
+    model = tiny().eval()
+    wavs = tones(2)
+    feats = model(wavs, torch.tensor([16000, 9000]))
+    assert model.num_layers == 3 and len(feats.hidden_states) == 3
+    assert feats.lengths.tolist() == [101, 57]
+    x, lengths = model.input_features(wavs, torch.tensor([16000, 9000]))
+    with torch.no_grad():
+        h0 = model.input_norm(model.input_projection(x) + sinusoid_positions(101, 64))
+        h1 = model.encoder.layers[0](h0, speechssl.interface.lengths_to_mask(lengths)[:, None, None])
+    torch.testing.assert_close(feats.hidden_states[0][0], h0[0])
+    torch.testing.assert_close(feats.hidden_states[1][0], h1[0])
+    assert (feats.hidden_states[2][1, 57:] == 0).all()
+
+
+def test_dropout_only_when_training():
+    model = tiny(dropout=0.5)
+    wavs = tones(1)
+    with torch.no_grad():
+        a, b = model.eval()(wavs).last, model(wavs).last
+        torch.testing.assert_close(a, b)
+        assert not torch.allclose(model.train()(wavs).last, a)
+
+
+# -- the objective --------------------------------------------------------------------------
+
+
+def test_loss_is_l1_over_exactly_the_marked_elements():
+    for name in ("mockingjay", "tera"):
+        objective = MockingjayObjective(tiny(name)).eval()
+        x, lengths = objective.upstream.input_features(tones(3), torch.tensor([16000, 12000, 7000]))
+        g = torch.Generator().manual_seed(1)
+        loss, logs = objective.loss_on_features(x, lengths, generator=g)
+        g = torch.Generator().manual_seed(1)
+        config = objective.upstream.config
+        x_masked, loss_mask = frame_mask(
+            x, lengths, mask_prob=0.15, span=7, policy=(0.8, 0.1, 0.1), channel_width=config.channel_width, generator=g
+        )
+        with torch.no_grad():
+            if config.noise_prob > 0:
+                x_masked = x_masked + objective._noise(x, lengths, g)
+            prediction = objective.head(objective.upstream.transform(x_masked, lengths)[-1])
+        loss_mask = loss_mask.expand_as(x)
+        expected = F.l1_loss(prediction.masked_select(loss_mask), x.masked_select(loss_mask))  # as s3prl
+        torch.testing.assert_close(loss, expected)
+        assert 0.1 < float(logs["masked_share"]) < 0.6
+
+
+def test_loss_ignores_padding():
+    objective = MockingjayObjective(tiny()).eval()
+    x, lengths = objective.upstream.input_features(tones(2), torch.tensor([16000, 9000]))
+    x_masked, loss_mask = frame_mask(x, lengths, generator=torch.Generator().manual_seed(0))
+    loss_mask = loss_mask.expand_as(x)
+    with torch.no_grad():
+        loss = objective.loss_on_masked(x_masked, loss_mask, x, lengths)[0]
+        pad = lambda t, value: F.pad(t, (0, 0, 0, 40), value=value)  # noqa: E731
+        padded = objective.loss_on_masked(pad(x_masked, 0.7), pad(loss_mask, False), pad(x, -3.0), lengths)[0]
+        # The short utterance alone: its own padding only.
+        alone = objective.loss_on_masked(x_masked[1:, :57], loss_mask[1:, :57], x[1:, :57], lengths[1:])[0]
+        both_alone = objective.loss_on_masked(x_masked[:1], loss_mask[:1], x[:1], lengths[:1])[0]
+    torch.testing.assert_close(padded, loss, atol=1e-6, rtol=0)
+    n0, n1 = loss_mask[0].sum(), loss_mask[1].sum()
+    torch.testing.assert_close(loss, (both_alone * n0 + alone * n1) / (n0 + n1), atol=1e-6, rtol=0)
+
+
+def test_tera_alters_channels_and_adds_noise():
+    objective = MockingjayObjective(tiny("tera", noise_prob=1.0, mask_prob=0.0))
+    x, lengths = objective.upstream.input_features(tones(2), torch.tensor([16000, 9000]))
+    g = torch.Generator().manual_seed(0)
+    noise = objective._noise(x, lengths, g)
+    assert (noise[1, 57:] == 0).all() and 0.15 < float(noise[0].std()) < 0.25
+    loss, logs = objective.loss_on_features(x, lengths, torch.Generator().manual_seed(3))
+    assert 0 < float(logs["masked_share"]) <= 16 / 80  # channel blocks only
+
+
+@pytest.mark.parametrize("name", ["mockingjay", "tera"])
+def test_loss_falls_on_a_fixed_batch(name):
+    objective = MockingjayObjective(tiny(name)).train()
+    wavs, lens = tones(4, 1.0), torch.tensor([16000, 14000, 12000, 10000])
+    optimizer = torch.optim.Adam(objective.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(60):
+        loss, _ = objective(wavs, lens, generator=torch.Generator().manual_seed(0))  # the same masks each step
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses

@@ -1,0 +1,205 @@
+"""APC and VQ-APC: a causal RNN stack that predicts the frame ``n`` steps ahead.
+
+APC (Chung et al., Interspeech 2019): a unidirectional GRU (or LSTM) stack with
+residual connections between layers reads log-mel frames ``x_1..x_t`` and a
+linear postnet predicts ``x_{t+n}``; the loss is L1 (eq. 1). VQ-APC (Chung et
+al., Interspeech 2020): Gumbel-softmax VQ layers after chosen RNN layers, so the
+prediction must pass through discrete codes.
+
+Input features as s3prl's APC pretraining (``pretrain/apc/config_model.yaml``):
+80-d Kaldi fbank (25 ms / 10 ms) with utterance CMVN, here over valid frames
+(:func:`speechssl.features.fbank`, :func:`speechssl.features.cmvn`).
+
+Where we differ from s3prl, deliberately: the loss counts valid frames only
+(s3prl averages over the padded batch, so its loss depends on the batch);
+the RNNs run on the padded batch without sequence packing: a causal RNN never
+carries trailing padding back into a valid frame, so packing buys nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+from torch import nn
+
+from speechssl import features
+from speechssl.frames import frames_snip_edges
+from speechssl.interface import Features, Upstream, lengths_to_mask
+from speechssl.masking import shift_targets
+from speechssl.registry import register
+from upstream.modules.quantizer import GumbelVQ
+
+RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+
+@dataclass
+class APCConfig:
+    """APC as s3prl pretrains it: 3 x 512 GRU, residual, dropout 0.1, n = 5."""
+
+    num_mel_bins: int = 80
+    cmvn: bool = True
+    rnn: str = "gru"  # "gru" or "lstm"
+    hidden_size: int = 512
+    num_layers: int = 3
+    dropout: float = 0.1  # on every layer's output, as s3prl
+    residual: bool = True  # add a layer's input to its output (layers 2..L)
+    n_future: int = 5  # predict frame t + n (s3prl's `task.n_future`)
+    # VQ-APC: RNN layers (1-based; negative counts from the top) followed by a VQ layer
+    vq_layers: List[int] = field(default_factory=list)
+    codebook_size: int = 512
+    vq_groups: int = 1
+    gumbel_temperature: float = 0.5
+
+
+@dataclass
+class VQAPCConfig(APCConfig):
+    """VQ-APC as s3prl pretrains it (``pretrain/vq_apc/config_model.yaml``): one
+    512-code group after the last layer, Gumbel temperature 0.5."""
+
+    vq_layers: List[int] = field(default_factory=lambda: [-1])
+
+
+class APC(Upstream):
+    """Unidirectional RNN stack over Kaldi fbank frames (APC, VQ-APC).
+
+    Hidden states (``num_layers + 1``): index 0 is the input features
+    ``(B, T, num_mel_bins)``, then each RNN layer's output ``(B, T, hidden_size)``
+    after dropout and the residual connection, before any VQ layer. s3prl's
+    ``apc`` / ``vq_apc`` upstreams return the same layer outputs in the same
+    order without the input features: our ``hidden_states[1:]`` are theirs.
+    Extra outputs (VQ-APC): for each VQ layer after RNN layer ``l`` (1-based),
+    ``extra["codes_l"]`` ``(B, T, vq_groups)`` int64 code indices in
+    ``[0, codebook_size)`` and ``extra["quantized_l"]`` ``(B, T, hidden_size)``,
+    the quantized output the next layer (or the postnet) reads.
+    Padding frames are zero.
+    """
+
+    downsample_rate = features.HOP
+    min_samples = features.WINDOW
+
+    def __init__(self, config: APCConfig) -> None:
+        super().__init__(config)
+        if config.rnn not in RNNS:
+            raise ValueError(f"apc: rnn must be one of {', '.join(RNNS)}, got {config.rnn!r}")
+        if config.n_future < 1:
+            raise ValueError(f"apc: n_future must be >= 1, got {config.n_future}")
+        L, H = config.num_layers, config.hidden_size
+        self.vq_after = sorted({self._layer_index(l) for l in config.vq_layers})  # 0-based
+        sizes = [config.num_mel_bins] + [H] * L
+        self.rnns = nn.ModuleList(RNNS[config.rnn](sizes[i], H, batch_first=True) for i in range(L))
+        self.dropout = nn.Dropout(config.dropout)
+        self.quantizers = nn.ModuleDict(
+            {
+                str(i + 1): GumbelVQ(H, config.codebook_size, config.vq_groups, config.gumbel_temperature)
+                for i in self.vq_after
+            }
+        )
+
+    def _layer_index(self, layer: int) -> int:
+        L = self.config.num_layers
+        if not (1 <= layer <= L or -L <= layer <= -1):
+            raise ValueError(f"apc: vq_layers entry {layer} is not a layer of 1..{L} (or -{L}..-1)")
+        return layer - 1 if layer > 0 else L + layer
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return [self.config.num_mel_bins] + [self.config.hidden_size] * self.config.num_layers
+
+    def num_frames(self, wav_lens):
+        return frames_snip_edges(wav_lens, features.WINDOW, features.HOP)
+
+    def input_features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked ``(B, S)`` waveforms -> ``(B, T, num_mel_bins)`` normalised fbank, ``(B,)`` frames."""
+        wavs, wav_lens = self.check_inputs(wavs, wav_lens)
+        wavs = wavs.masked_fill(~lengths_to_mask(wav_lens, wavs.shape[1]), 0.0)
+        with torch.no_grad():
+            x, lengths = features.fbank(wavs, wav_lens, self.config.num_mel_bins)
+            if self.config.cmvn:
+                x = features.cmvn(x, lengths)
+        return x, lengths
+
+    def transform(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        """Features ``(B, T, num_mel_bins)`` -> (hidden states, top output ``(B, T, H)``, extra).
+
+        The top output is what the postnet reads: the last layer's output, or its
+        quantized version when a VQ layer follows it. No lengths are needed: every
+        operation is causal or per-frame.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.config.num_mel_bins:
+            raise ValueError(f"apc: features must be (batch, frame, {self.config.num_mel_bins}), got shape {tuple(x.shape)}")
+        states, extra = [x], {}
+        h = x
+        for i, rnn in enumerate(self.rnns):
+            out, _ = rnn(h)  # (B, T, H)
+            out = self.dropout(out)
+            if self.config.residual and i > 0:
+                out = out + h
+            states.append(out)
+            if str(i + 1) in self.quantizers:
+                out, codes = self.quantizers[str(i + 1)](out, generator)
+                extra[f"codes_{i + 1}"], extra[f"quantized_{i + 1}"] = codes, out
+            h = out
+        return states, h, extra
+
+    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Features:
+        x, lengths = self.input_features(wavs, wav_lens)
+        states, _, extra = self.transform(x)
+        valid = lengths_to_mask(lengths, x.shape[1])[..., None]  # (B, T, 1)
+        states = [h.masked_fill(~valid, 0.0) for h in states]
+        extra = {k: v.masked_fill(~valid, 0) for k, v in extra.items()}
+        return Features(states, lengths, extra)
+
+
+class APCObjective(nn.Module):
+    """L1 between the postnet's prediction at frame ``t`` and frame ``t + n`` (APC eq. 1).
+
+    Averaged over the ``(t, feature)`` pairs with ``t + n`` inside the utterance;
+    padding never counts. The postnet (``Linear(hidden_size, num_mel_bins)``,
+    s3prl's ``postnet``) lives here. Logs ``l1`` and, for VQ-APC, each VQ layer's
+    code perplexity ``ppx_l`` over valid frames (averaged over groups).
+    """
+
+    def __init__(self, upstream: APC) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.postnet = nn.Linear(upstream.config.hidden_size, upstream.config.num_mel_bins)
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, generator: torch.Generator | None = None):
+        """``wavs`` (B, S), ``wav_lens`` (B,) -> ``(loss, logs)``."""
+        x, lengths = self.upstream.input_features(wavs, wav_lens)
+        return self.loss_on_features(x, lengths, generator)
+
+    def loss_on_features(
+        self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Objective on normalised features ``x`` (B, T, D) with ``lengths`` (B,) frames."""
+        _, top, extra = self.upstream.transform(x, generator)
+        prediction = self.postnet(top).float()  # (B, T, D)
+        targets, valid = shift_targets(x, lengths, self.upstream.config.n_future)  # (B, T, D), (B, T)
+        weights = valid[..., None].to(prediction.dtype)
+        count = weights.sum() * x.shape[-1]
+        loss = ((prediction - targets).abs() * weights).sum() / count.clamp(min=1.0)
+        logs = {"l1": loss.detach()}
+        for key, codes in extra.items():
+            if key.startswith("codes_"):
+                logs[f"ppx_{key[len('codes_'):]}"] = _perplexity(codes, valid, self.upstream.config.codebook_size)
+        return loss, logs
+
+
+def _perplexity(codes: torch.Tensor, valid: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """``exp`` of the entropy of code usage over valid frames, averaged over groups."""
+    onehot = torch.nn.functional.one_hot(codes.detach(), codebook_size).float()  # (B, T, G, C)
+    weights = valid[..., None, None].float()
+    usage = (onehot * weights).sum(dim=(0, 1)) / weights.sum().clamp(min=1.0)  # (G, C)
+    entropy = -(usage * torch.log(usage.clamp(min=1e-10))).sum(dim=-1)
+    return entropy.exp().mean()
+
+
+TINY = dict(hidden_size=64, num_layers=2, dropout=0.0)
+
+register("apc", APC, APCConfig, objective=APCObjective, tiny=TINY)
+register("vq_apc", APC, VQAPCConfig, objective=APCObjective, tiny={**TINY, "codebook_size": 32})
