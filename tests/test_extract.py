@@ -75,7 +75,7 @@ def test_cli_errors_and_help(tmp_path):
     run = speechssl_cli("--help", cwd=tmp_path)
     assert run.returncode == 0 and "extract" in run.stdout
     run = speechssl_cli("extract", "--help", cwd=tmp_path)
-    assert run.returncode == 0 and "usage: speechssl extract" in run.stdout and "upstream: apc, fbank, mel, mfcc, mockingjay, tera, vq_apc" in run.stdout
+    assert run.returncode == 0 and "usage: speechssl extract" in run.stdout and "upstream: apc, apc_tiny, fbank, mel, mfcc, mockingjay, mockingjay_tiny" in run.stdout
     run = speechssl_cli("pretrian", cwd=tmp_path)
     assert run.returncode == 2 and "unknown command 'pretrian'" in run.stderr
 

@@ -122,3 +122,12 @@ def test_featurizer_from_an_upstream():
     featurizer = speechssl.Featurizer(model)
     x, lengths = featurizer(model(torch.zeros(2, 1600) + 0.01, torch.tensor([1600, 800])))
     assert x.shape == (2, 8, 39) and lengths.tolist() == [8, 3]
+
+
+def test_every_upstream_has_its_config_file():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "configs" / "upstream"
+    names = {p.stem for p in folder.glob("*.yaml")}
+    assert set(UPSTREAMS) <= names
+    assert {n.removesuffix("_tiny") for n in names} <= set(UPSTREAMS)  # nothing else lives there
