@@ -7,7 +7,12 @@ PY     := $(VENV)/bin/python
 # torchaudio does not load with it.
 TORCH  ?= torch==2.14.1
 
-.PHONY: install test clean
+.PHONY: install test demo clean
+
+DEMO   ?= runs/demo
+CORPUS ?= data/superb_lite
+TASKS  ?= ks ic er sid pr asr
+SSL    := $(VENV)/bin/speechssl
 
 install: $(VENV)/.installed
 
@@ -20,6 +25,19 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+# The embedded corpus, a tiny APC pretrained on it, fbank and APC benchmarked on
+# six SUPERB tasks, and the report: $(DEMO)/benchmark/report/README.md
+demo: install
+	$(SSL) synth out=$(CORPUS) size=small
+	$(SSL) pretrain upstream=apc_tiny data.root=$(CORPUS) trainer=tiny hydra.run.dir=$(DEMO)/pretrain/apc
+	for task in $(TASKS); do \
+	  $(SSL) benchmark upstream=fbank task=$$task data.root=$(CORPUS) cache.dir=$(DEMO)/cache \
+	    hydra.run.dir=$(DEMO)/benchmark/fbank/$$task || exit 1; \
+	  $(SSL) benchmark upstream=apc upstream.ckpt=$(DEMO)/pretrain/apc/last task=$$task data.root=$(CORPUS) \
+	    cache.dir=$(DEMO)/cache hydra.run.dir=$(DEMO)/benchmark/apc/$$task || exit 1; \
+	done
+	$(SSL) report runs=$(DEMO)/benchmark
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

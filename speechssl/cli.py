@@ -22,7 +22,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def upstream_from_config(cfg):
-    """A loaded upstream from a ``cfg.upstream`` node: ``name``, ``ckpt`` and config overrides."""
+    """A loaded upstream from a ``cfg.upstream`` node: ``name``, ``ckpt`` and config overrides.
+
+    Without a checkpoint every key of the node configures the model. With one, the
+    config saved in the checkpoint is used, and only keys set on the command line
+    (``upstream.KEY=VALUE``) override it: the YAML's defaults must not.
+    """
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from speechssl.registry import load_upstream
@@ -30,6 +36,9 @@ def upstream_from_config(cfg):
     node = OmegaConf.to_container(cfg.upstream, resolve=True)
     name, ckpt = node.pop("name"), node.pop("ckpt", None)
     node.pop("trainable", None)
+    if ckpt is not None:
+        explicit = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+        node = {k: v for k, v in node.items() if f"upstream.{k}" in explicit}
     return load_upstream(name, ckpt=ckpt, **node)
 
 

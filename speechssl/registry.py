@@ -114,5 +114,7 @@ def load_upstream(name: str, ckpt: str | os.PathLike | None = None, **overrides:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{ckpt}: weights do not fit upstream '{name}': {e}") from e
+        problems = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        shown = "; ".join(problems[:2]) + (f"; and {len(problems) - 2} more" if len(problems) > 2 else "")
+        raise CheckpointError(f"{ckpt}: weights do not fit upstream '{name}' with this config: {shown}") from e
     return model.eval()
