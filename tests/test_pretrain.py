@@ -65,3 +65,20 @@ def test_cli_pretrain_resume_and_extract(superb_lite_tiny, tmp_path):
     assert (tmp_path / "feats" / "pretrain-train-00000.safetensors").exists()
     with pytest.raises(CheckpointError, match="holds a 'apc' upstream, not 'tera'"):
         speechssl.load_upstream("tera", ckpt=tmp_path / "runs/apc/last")
+
+
+def test_bf16_autocast_ends_near_fp32(superb_lite_tiny, tmp_path):
+    dataset = AudioDataset.from_manifest(superb_lite_tiny / "pretrain" / "train.tsv", max_samples=3 * 16000)
+    final = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainerConfig(**{**CFG.__dict__, "precision": precision})
+        final[precision] = pretrain("mockingjay", dataset, cfg, tmp_path / precision, overrides=get_entry("mockingjay").tiny)["train_loss"]
+    assert final["bf16"] == pytest.approx(final["fp32"], rel=0.05)
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    run = subprocess.run([sys.executable, "-m", "speechssl.cli", "pretrain", "hydra/launcher=slurm", "--cfg", "hydra"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "SlurmLauncher" in run.stdout and "gpus_per_node: 1" in run.stdout
