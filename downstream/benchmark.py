@@ -25,7 +25,8 @@ from downstream.task import Task, get_task
 from speechssl.checkpoint import TRAIN_WEIGHTS, atomic_write
 from speechssl.data.audio import collate
 from speechssl.data.manifest import load_utterance
-from speechssl.feature_cache import FeatureCache
+from speechssl.errors import ConfigError
+from speechssl.feature_cache import FeatureCache, upstream_fingerprint
 from speechssl.interface import Featurizer, Upstream
 from speechssl.trainer import Trainer, TrainerConfig
 
@@ -125,6 +126,8 @@ def benchmark(
         task.check_rows(rows[split], f"the {split} split of corpus '{corpus}'")
     task.fit(rows["train"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    _claim_run_dir(run_dir, {"upstream": upstream.name, "weights": upstream_fingerprint(upstream, torch.float32),
+                             "task": task_name, "corpus": corpus, "trainable": trainable})
     atomic_write(run_dir / "labels.json", lambda tmp: Path(tmp).write_text(json.dumps(task.state())))
 
     torch.manual_seed(cfg.seed)
@@ -173,3 +176,22 @@ def benchmark(
     }
     atomic_write(run_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     return results
+
+
+def _claim_run_dir(run_dir: Path, identity: dict[str, Any]) -> None:
+    """Mark ``run_dir`` as this (upstream weights, task, corpus)'s; refuse one that holds another's.
+
+    A run folder resumes whatever it holds, so a second checkpoint of the same
+    upstream benchmarked into the same folder would silently reuse the first one's head.
+    """
+    path = run_dir / "benchmark.json"
+    if path.exists():
+        held = json.loads(path.read_text())
+        if held != identity:
+            differ = ", ".join(k for k in identity if held.get(k) != identity[k])
+            raise ConfigError(
+                f"{run_dir} holds a benchmark of another setup ({differ} differ); "
+                "choose another folder with hydra.run.dir=DIR"
+            )
+        return
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(identity)))

@@ -165,3 +165,12 @@ def test_cli_sweep_and_report(superb_lite_tiny, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "KS accuracy ↑" in run.stdout
     assert (tmp_path / "sweep" / "report" / "README.md").exists()
+
+
+def test_run_folder_of_another_checkpoint_is_refused(superb_lite_tiny, tmp_path):
+    data = rows(superb_lite_tiny, "ks")
+    benchmark(speechssl.load_upstream("mfcc"), "ks", data, FEW_STEPS, tmp_path / "run", corpus="superb_lite",
+              cache_dir=tmp_path / "cache")
+    with pytest.raises(ConfigError, match="holds a benchmark of another setup"):
+        benchmark(speechssl.load_upstream("mfcc", num_ceps=12), "ks", data, FEW_STEPS, tmp_path / "run",
+                  corpus="superb_lite", cache_dir=tmp_path / "cache")
