@@ -12,6 +12,7 @@ the one ``(B, T, D)`` tensor a downstream head sees.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechssl.errors import AudioError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
@@ -126,6 +129,7 @@ class Featurizer(nn.Module):
     layer="weighted": SUPERB's learnable sum, ``sum_l softmax(w)_l * h_l`` with
         ``w`` initialised to zeros (all layers equal); with ``layer_norm=True``
         each state is first normalised over D (no affine), as s3prl's option does.
+        Only states of the top layer's size take part (APC's input features do not).
     layer=int: that hidden state (negative counts from the top); "last": the top.
 
     ``upstream`` is an :class:`Upstream` or the list of its hidden sizes (enough
@@ -144,14 +148,17 @@ class Featurizer(nn.Module):
         if layer == "last":
             layer = self.num_layers - 1
         if layer == "weighted":
-            if len(set(sizes)) != 1:
-                raise ConfigError(
-                    f"Featurizer: layer='weighted' needs hidden states of one size, got {sizes}; "
-                    "choose one layer (an int or 'last')"
+            # States of another size than the top (APC's 80-d input features under
+            # 512-d RNN layers) cannot be summed with it: they get no weight.
+            self.used = [i for i, d in enumerate(sizes) if d == sizes[-1]]
+            if len(self.used) < self.num_layers:
+                log.info(
+                    "Featurizer: weighted sum over hidden states %s; %s have another size than the top (%d)",
+                    self.used, sorted(set(range(self.num_layers)) - set(self.used)), sizes[-1],
                 )
             self.layer = None
-            self.weights = nn.Parameter(torch.zeros(self.num_layers))
-            self.output_size = sizes[0]
+            self.weights = nn.Parameter(torch.zeros(len(self.used)))
+            self.output_size = sizes[-1]
         elif isinstance(layer, int) and not isinstance(layer, bool):
             if not -self.num_layers <= layer < self.num_layers:
                 raise ConfigError(
@@ -163,10 +170,12 @@ class Featurizer(nn.Module):
             raise ConfigError(f"Featurizer: layer must be 'weighted', 'last' or an int, got {layer!r}")
 
     def layer_weights(self) -> torch.Tensor:
-        """``(L,)`` softmax-normalised weights (one-hot for a fixed layer)."""
+        """``(L,)`` softmax-normalised weights over all hidden states (one-hot for a fixed layer)."""
         if self.layer is not None:
             return F.one_hot(torch.tensor(self.layer), self.num_layers).float()
-        return torch.softmax(self.weights.detach(), dim=0)
+        full = torch.zeros(self.num_layers)
+        full[self.used] = torch.softmax(self.weights.detach().cpu(), dim=0)
+        return full
 
     def forward(
         self, feats: Features | Sequence[torch.Tensor], lengths: torch.Tensor | None = None
@@ -185,7 +194,7 @@ class Featurizer(nn.Module):
         if self.layer is not None:
             x = self._normalise(hidden_states[self.layer])
         else:
-            stacked = torch.stack([self._normalise(h) for h in hidden_states])  # (L, B, T, D)
+            stacked = torch.stack([self._normalise(hidden_states[i]) for i in self.used])  # (L, B, T, D)
             weights = torch.softmax(self.weights, dim=0).to(stacked.dtype)
             x = torch.einsum("l,lbtd->btd", weights, stacked)
         x = x.masked_fill(~lengths_to_mask(lengths, x.shape[1])[..., None], 0.0)

@@ -111,8 +111,6 @@ def test_featurizer_fixed_layers():
     assert speechssl.Featurizer([4] * 3, 2).layer_weights().tolist() == [0, 0, 1]
     with pytest.raises(ConfigError, match="layer 3 out of range for 3 hidden states"):
         speechssl.Featurizer([4] * 3, 3)
-    with pytest.raises(ConfigError, match="needs hidden states of one size"):
-        speechssl.Featurizer([80, 512], "weighted")
     with pytest.raises(ConfigError, match="must be 'weighted', 'last' or an int"):
         speechssl.Featurizer([4], "top")
 
@@ -131,3 +129,12 @@ def test_every_upstream_has_its_config_file():
     names = {p.stem for p in folder.glob("*.yaml")}
     assert set(UPSTREAMS) <= names
     assert {n.removesuffix("_tiny") for n in names} <= set(UPSTREAMS)  # nothing else lives there
+
+
+def test_weighted_featurizer_skips_states_of_another_size():
+    g = torch.Generator().manual_seed(0)
+    states = [torch.randn(1, 5, 3, generator=g)] + [torch.randn(1, 5, 4, generator=g) for _ in range(2)]
+    featurizer = speechssl.Featurizer([3, 4, 4])
+    x, _ = featurizer(states, torch.tensor([5]))
+    torch.testing.assert_close(x, (states[1] + states[2]) / 2)
+    assert featurizer.layer_weights().tolist() == [0.0, 0.5, 0.5] and featurizer.output_size == 4
