@@ -39,7 +39,7 @@ def one_epoch(model, dataset, batches, recompute_upstream=None) -> float:
         if recompute_upstream is not None:
             with torch.no_grad():
                 feats = recompute_upstream(batch["wavs"], batch["wav_lens"])
-            batch = {"hidden": torch.stack(feats.hidden_states), "lengths": feats.lengths, **batch}
+            batch = {"hidden": feats.hidden_states, "lengths": feats.lengths, **batch}
         loss, _ = model(batch)
         loss.backward()
         optimizer.step()

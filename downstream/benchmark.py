@@ -28,7 +28,7 @@ from speechssl.data.manifest import load_utterance
 from speechssl.errors import ConfigError
 from speechssl.feature_cache import FeatureCache, upstream_fingerprint
 from speechssl.interface import Featurizer, Upstream
-from speechssl.trainer import Trainer, TrainerConfig
+from speechssl.trainer import Trainer, TrainerConfig, to_device
 
 SPLITS = ("train", "dev", "test")
 
@@ -51,10 +51,10 @@ class CachedFeatures(torch.utils.data.Dataset):
     def collate(self, items) -> dict[str, torch.Tensor]:
         hidden = [h for h, _ in items]
         lengths = torch.tensor([h[0].shape[0] for h in hidden])
-        layers = [
+        layers = [  # one (B, T, D_l) tensor per hidden state: sizes may differ (APC's input)
             nn.utils.rnn.pad_sequence([h[layer] for h in hidden], batch_first=True) for layer in range(len(hidden[0]))
         ]
-        return {"hidden": torch.stack(layers), "lengths": lengths, **self.task.collate([y for _, y in items])}
+        return {"hidden": layers, "lengths": lengths, **self.task.collate([y for _, y in items])}
 
 
 class Waveforms(CachedFeatures):
@@ -81,7 +81,7 @@ class DownstreamModel(nn.Module):
     def features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.upstream is not None:
             return self.featurizer(self.upstream(batch["wavs"], batch["wav_lens"]))
-        return self.featurizer(list(batch["hidden"].unbind(0)), batch["lengths"])
+        return self.featurizer(batch["hidden"], batch["lengths"])
 
     def forward(self, batch: dict[str, torch.Tensor], generator=None):
         x, lengths = self.features(batch)
@@ -97,7 +97,7 @@ def evaluate(model: DownstreamModel, dataset, batch_seconds: float, device) -> d
     with torch.no_grad():
         for batch_ids in plan_batches(dataset.num_samples(), int(batch_seconds * 16000)):
             batch = dataset.collate([dataset[i] for i in batch_ids])
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = to_device(batch, device)
             x, lengths = model.features(batch)
             for i, p in zip(batch_ids, model.task.predict(model.head, x, lengths)):
                 predictions[i] = p

@@ -200,7 +200,7 @@ class Trainer:
             dataset, batch_sampler=local_batches(), collate_fn=collate, num_workers=self.cfg.num_workers
         )
         for batch in loader:
-            yield positions.pop(0), {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            yield positions.pop(0), to_device(batch, self.device)
 
     def _optimizer_step(self) -> torch.Tensor:
         self.scaler.unscale_(self.optimizer)
@@ -310,6 +310,17 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best = state["best"]
         log.info("resumed from %s at step %d", folder, self.step)
+
+
+def to_device(batch, device):
+    """A batch (tensors, or lists and dicts of them) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
 def _init_distributed(device: str) -> tuple[int, int, str]:

@@ -174,3 +174,12 @@ def test_run_folder_of_another_checkpoint_is_refused(superb_lite_tiny, tmp_path)
     with pytest.raises(ConfigError, match="holds a benchmark of another setup"):
         benchmark(speechssl.load_upstream("mfcc", num_ceps=12), "ks", data, FEW_STEPS, tmp_path / "run",
                   corpus="superb_lite", cache_dir=tmp_path / "cache")
+
+
+def test_upstream_with_states_of_two_sizes(superb_lite_tiny, tmp_path):
+    from speechssl.registry import get_entry
+
+    apc = speechssl.build_upstream("apc", **get_entry("apc").tiny).eval()  # 80-d input, 64-d layers
+    results = benchmark(apc, "ks", rows(superb_lite_tiny, "ks"), FEW_STEPS, tmp_path / "run", corpus="superb_lite",
+                        cache_dir=tmp_path / "cache")
+    assert results["layer_weights"][0] == 0.0 and sum(results["layer_weights"]) == pytest.approx(1.0)
