@@ -308,7 +308,9 @@ def plot_layer_weights(bench: Benchmark, label: str, path: Path) -> bool:
     axes = figure.subplots(rows, cols, sharey=True, squeeze=False)
     for ax, run in zip(axes.flat, chosen):
         ax.bar(range(len(run.layer_weights)), run.layer_weights, color="tab:blue")
-        ax.axhline(1 / len(run.layer_weights), color="gray", linestyle="--", linewidth=1)  # uniform weights
+        # uniform over the states that take part (the Featurizer gives states of another size weight 0)
+        used = sum(1 for w in run.layer_weights if w > 0) or len(run.layer_weights)
+        ax.axhline(1 / used, color="gray", linestyle="--", linewidth=1)
         corpus = f" · {run.corpus}" if len(bench.corpora) > 1 else ""
         ax.set_title(f"{run.task.upper()}{corpus}" + (f" (lr {run.lr:g})" if run.lr is not None else ""))
         ax.set_xlabel("hidden state (0 = encoder input)")
