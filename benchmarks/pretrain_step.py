@@ -222,7 +222,7 @@ def table(ours: dict, peer: dict | None, steps: int) -> str:
         ("APC 3x512 GRU", "fp32", "apc_fp32", "apc_fp32", 1.5),
     ]
     lines = [
-        f"| model | precision | s3prl s/step | ours s/step | speed-up | target |",
+        "| model | precision | s3prl s/step | ours s/step | speed-up | target |",
         "|---|---|---|---|---|---|",
     ]
     for name, precision, key, peer_key, target in rows:

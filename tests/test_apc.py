@@ -1,7 +1,6 @@
 """APC / VQ-APC: hidden states, parameter counts, the n-step-ahead L1 loss, VQ codes."""
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
@@ -9,24 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speechssl.registry import build_upstream, get_entry
+import signals
+from speechssl.registry import build_upstream
 from upstream.apc import APCObjective
 from upstream.modules.quantizer import GumbelVQ
 
 
 def tiny(name="apc", **overrides):
-    torch.manual_seed(0)
-    return build_upstream(name, **{**get_entry(name).tiny, **overrides})
+    return signals.tiny(name, **overrides)
 
-
-def tones(B=4, seconds=1.0, seed=0):
-    """Harmonic tones with random f0 and a slow amplitude envelope: (B, S)."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(16000 * seconds)) / 16000
-    f0 = 100 + 200 * torch.rand(B, 1, generator=g)
-    wav = sum(torch.sin(2 * math.pi * k * f0 * t) / k for k in range(1, 6))
-    envelope = 0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t + 6 * torch.rand(B, 1, generator=g))
-    return 0.1 * wav * envelope
 
 
 def s3prl_apc_module():
@@ -87,7 +77,7 @@ def test_parameter_count_and_outputs_match_s3prl_with_its_weights():
 
 def test_hidden_states_are_input_then_every_layer():
     model = tiny().eval()
-    wavs, lens = tones(2), torch.tensor([16000, 9000])
+    wavs, lens = signals.tones(2), torch.tensor([16000, 9000])
     feats = model(wavs, lens)
     x, lengths = model.input_features(wavs, lens)
     assert model.hidden_sizes == [80, 64, 64] and len(feats.hidden_states) == 3
@@ -104,13 +94,13 @@ def test_hidden_states_are_input_then_every_layer():
 def test_lstm_by_config():
     model = tiny(rnn="lstm").eval()
     assert isinstance(model.rnns[0], torch.nn.LSTM)
-    assert model(tones(1)).last.shape == (1, 98, 64)
+    assert model(signals.tones(1)).last.shape == (1, 98, 64)
 
 
 def test_loss_is_l1_n_frames_ahead_over_valid_frames_only():
     objective = APCObjective(tiny()).eval()
     assert objective.upstream.config.n_future == 5  # s3prl's pretrain/apc/config_model.yaml
-    x, lengths = objective.upstream.input_features(tones(3), torch.tensor([16000, 12000, 7000]))
+    x, lengths = objective.upstream.input_features(signals.tones(3), torch.tensor([16000, 12000, 7000]))
     with torch.no_grad():
         loss, _ = objective.loss_on_features(x, lengths)
         errors = []
@@ -124,14 +114,14 @@ def test_loss_is_l1_n_frames_ahead_over_valid_frames_only():
 
 def test_vq_codes_in_range_and_extra_outputs():
     model = tiny("vq_apc", vq_layers=[1, 2], vq_groups=2).eval()
-    feats = model(tones(2), torch.tensor([16000, 9000]))
+    feats = model(signals.tones(2), torch.tensor([16000, 9000]))
     assert set(feats.extra) == {"codes_1", "quantized_1", "codes_2", "quantized_2"}
     codes = feats.extra["codes_2"]
     assert codes.shape == (2, 98, 2) and codes.dtype == torch.int64
     assert 0 <= int(codes.min()) and int(codes.max()) < 32
     assert (codes[1, 54:] == 0).all()
     # The hidden states are the RNN outputs before quantization; layer 2 reads quantized_1.
-    x, _ = model.input_features(tones(2), torch.tensor([16000, 9000]))
+    x, _ = model.input_features(signals.tones(2), torch.tensor([16000, 9000]))
     with torch.no_grad():
         h2 = model.rnns[1](feats.extra["quantized_1"][:1])[0] + feats.extra["quantized_1"][:1]
     torch.testing.assert_close(feats.hidden_states[2][0], h2[0])
@@ -154,7 +144,7 @@ def test_gumbel_vq_trains_through_straight_through_and_follows_its_generator():
 @pytest.mark.parametrize("name, ratio", [("apc", 0.6), ("vq_apc", 0.7)])  # the code bottleneck learns slower
 def test_loss_falls_on_a_fixed_batch(name, ratio):
     objective = APCObjective(tiny(name)).train()
-    wavs, lens = tones(4, 1.0), torch.tensor([16000, 14000, 12000, 10000])
+    wavs, lens = signals.tones(4, 1.0), torch.tensor([16000, 14000, 12000, 10000])
     optimizer = torch.optim.Adam(objective.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):

@@ -1,16 +1,16 @@
 """Mockingjay / TERA: encoder blocks, hidden states, parameter counts, the masked reconstruction loss."""
 
 import importlib.util
-import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import signals
 import speechssl
 from speechssl.masking import frame_mask
-from speechssl.registry import build_upstream, get_entry
+from speechssl.registry import build_upstream
 from upstream.mockingjay import MockingjayObjective
 from upstream.modules.transformer import EncoderLayer, sinusoid_positions
 
@@ -28,18 +28,8 @@ def s3prl_file(relative):
 
 
 def tiny(name="mockingjay", **overrides):
-    torch.manual_seed(0)
-    return build_upstream(name, **{**get_entry(name).tiny, **overrides})
+    return signals.tiny(name, **overrides)
 
-
-def tones(B=4, seconds=1.0, seed=0):
-    """Harmonic tones with random f0 and a slow amplitude envelope: (B, S)."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(16000 * seconds)) / 16000
-    f0 = 100 + 200 * torch.rand(B, 1, generator=g)
-    wav = sum(torch.sin(2 * math.pi * k * f0 * t) / k for k in range(1, 6))
-    envelope = 0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t + 6 * torch.rand(B, 1, generator=g))
-    return 0.1 * wav * envelope
 
 
 # -- parameter counts --------------------------------------------------------------------
@@ -157,7 +147,7 @@ def test_encoder_layer_equals_torch_transformer_layer(pre_ln):
 
 def test_hidden_states_are_input_then_every_layer():
     model = tiny().eval()
-    wavs = tones(2)
+    wavs = signals.tones(2)
     feats = model(wavs, torch.tensor([16000, 9000]))
     assert model.num_layers == 3 and len(feats.hidden_states) == 3
     assert feats.lengths.tolist() == [101, 57]
@@ -172,7 +162,7 @@ def test_hidden_states_are_input_then_every_layer():
 
 def test_dropout_only_when_training():
     model = tiny(dropout=0.5)
-    wavs = tones(1)
+    wavs = signals.tones(1)
     with torch.no_grad():
         a, b = model.eval()(wavs).last, model(wavs).last
         torch.testing.assert_close(a, b)
@@ -185,7 +175,7 @@ def test_dropout_only_when_training():
 def test_loss_is_l1_over_exactly_the_marked_elements():
     for name in ("mockingjay", "tera"):
         objective = MockingjayObjective(tiny(name)).eval()
-        x, lengths = objective.upstream.input_features(tones(3), torch.tensor([16000, 12000, 7000]))
+        x, lengths = objective.upstream.input_features(signals.tones(3), torch.tensor([16000, 12000, 7000]))
         g = torch.Generator().manual_seed(1)
         loss, logs = objective.loss_on_features(x, lengths, generator=g)
         g = torch.Generator().manual_seed(1)
@@ -205,7 +195,7 @@ def test_loss_is_l1_over_exactly_the_marked_elements():
 
 def test_loss_ignores_padding():
     objective = MockingjayObjective(tiny()).eval()
-    x, lengths = objective.upstream.input_features(tones(2), torch.tensor([16000, 9000]))
+    x, lengths = objective.upstream.input_features(signals.tones(2), torch.tensor([16000, 9000]))
     x_masked, loss_mask = frame_mask(x, lengths, generator=torch.Generator().manual_seed(0))
     loss_mask = loss_mask.expand_as(x)
     with torch.no_grad():
@@ -222,7 +212,7 @@ def test_loss_ignores_padding():
 
 def test_tera_alters_channels_and_adds_noise():
     objective = MockingjayObjective(tiny("tera", noise_prob=1.0, mask_prob=0.0))
-    x, lengths = objective.upstream.input_features(tones(2), torch.tensor([16000, 9000]))
+    x, lengths = objective.upstream.input_features(signals.tones(2), torch.tensor([16000, 9000]))
     g = torch.Generator().manual_seed(0)
     noise = objective._noise(x, lengths, g)
     assert (noise[1, 57:] == 0).all() and 0.15 < float(noise[0].std()) < 0.25
@@ -233,7 +223,7 @@ def test_tera_alters_channels_and_adds_noise():
 @pytest.mark.parametrize("name", ["mockingjay", "tera"])
 def test_loss_falls_on_a_fixed_batch(name):
     objective = MockingjayObjective(tiny(name)).train()
-    wavs, lens = tones(4, 1.0), torch.tensor([16000, 14000, 12000, 10000])
+    wavs, lens = signals.tones(4, 1.0), torch.tensor([16000, 14000, 12000, 10000])
     optimizer = torch.optim.Adam(objective.parameters(), lr=2e-3)
     losses = []
     for _ in range(60):

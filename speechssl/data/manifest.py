@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import torch
+
 from speechssl.errors import ConfigError
 
 REQUIRED = ("id", "path", "num_samples")
@@ -71,7 +73,7 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[Mapping], columns: Se
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def load_utterance(row: Mapping) -> "torch.Tensor":
+def load_utterance(row: Mapping) -> torch.Tensor:
     """The waveform of a manifest row: its file, or ``num_samples`` from ``offset`` when the row has one.
 
     (Speech Commands' ``_silence_`` rows are 1-s segments of longer noise files.)
