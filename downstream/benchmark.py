@@ -25,6 +25,7 @@ from downstream.task import Task, get_task
 from speechssl.checkpoint import TRAIN_WEIGHTS, atomic_write
 from speechssl.data.audio import collate
 from speechssl.data.manifest import load_utterance
+from speechssl.data.sampler import plan_batches
 from speechssl.errors import ConfigError
 from speechssl.feature_cache import FeatureCache, upstream_fingerprint
 from speechssl.interface import Featurizer, Upstream
@@ -90,8 +91,6 @@ class DownstreamModel(nn.Module):
 
 def evaluate(model: DownstreamModel, dataset, batch_seconds: float, device) -> dict[str, float]:
     """The task's metrics of ``model`` on ``dataset``."""
-    from speechssl.extract import plan_batches
-
     predictions: list = [None] * len(dataset)
     model.eval()
     with torch.no_grad():

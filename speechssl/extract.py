@@ -18,7 +18,14 @@ import torch
 from tqdm import tqdm
 
 from speechssl.checkpoint import atomic_write, save_tensors
-from speechssl.data.audio import SAMPLE_RATE, audio_info, collate, find_audio, load_audio
+from speechssl.data.audio import (
+    SAMPLE_RATE,
+    collate,
+    find_audio,
+    load_audio,
+    resampled_length,
+)
+from speechssl.data.sampler import plan_batches
 from speechssl.errors import AudioError, ConfigError
 from speechssl.interface import Featurizer, Upstream
 
@@ -31,18 +38,6 @@ INDEX_FILE = "index.tsv"
 class ExtractReport:
     written: list[str] = field(default_factory=list)  # utterance ids
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-
-
-def plan_batches(num_samples: list[int], max_samples: int) -> list[list[int]]:
-    """Indices grouped so that ``len(batch) * longest <= max_samples`` (one item at least), longest first."""
-    order = sorted(range(len(num_samples)), key=lambda i: -num_samples[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * num_samples[batches[-1][0]] <= max_samples:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 def extract(
@@ -72,11 +67,9 @@ def extract(
     items = []  # (id, path, num_samples)
     for utt_id, path in find_audio(source):
         try:
-            frames, rate, _ = audio_info(path)
+            items.append((utt_id, path, resampled_length(path)))
         except AudioError as e:
             _skip(report, path, str(e))
-            continue
-        items.append((utt_id, path, round(frames * SAMPLE_RATE / rate)))
 
     rows = []
     total = sum(n for _, _, n in items) / SAMPLE_RATE

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from speechssl.checkpoint import atomic_write, save_tensors
 from speechssl.data.audio import SAMPLE_RATE, collate
 from speechssl.data.manifest import load_utterance
+from speechssl.data.sampler import plan_batches
 from speechssl.interface import Upstream
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ class FeatureCache:
 
     def fill(self, utterances: list[dict]) -> int:
         """Compute and store the utterances (rows with id, path, num_samples) not cached yet; returns how many."""
-        from speechssl.extract import plan_batches
-
         todo = [u for u in utterances if u["id"] not in self.index]
         if not todo:
             return 0

@@ -5,10 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import signals
 import torch
 import torch.nn.functional as F
 
-import signals
 from speechssl.registry import build_upstream
 from upstream.apc import APCObjective
 from upstream.modules.quantizer import GumbelVQ

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import speechssl
 from speechssl.data.audio import find_audio
-from speechssl.extract import plan_batches
+from speechssl.data.sampler import plan_batches
 
 
 def speechssl_cli(*args, cwd):

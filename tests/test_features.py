@@ -9,7 +9,12 @@ import torchaudio.functional as AF
 
 import speechssl
 from speechssl import features
-from speechssl.frames import frames_centered, frames_conv_stack, frames_snip_edges, receptive_field
+from speechssl.frames import (
+    frames_centered,
+    frames_conv_stack,
+    frames_snip_edges,
+    receptive_field,
+)
 
 
 @pytest.fixture(scope="module")

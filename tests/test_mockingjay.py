@@ -4,10 +4,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import signals
 import torch
 import torch.nn.functional as F
 
-import signals
 import speechssl
 from speechssl.masking import frame_mask
 from speechssl.registry import build_upstream

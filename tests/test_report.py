@@ -10,7 +10,13 @@ import pytest
 
 from speechssl.cli import COMMANDS
 from speechssl.errors import ConfigError
-from speechssl.report import format_score, load_benchmark, read_curves, report, results_tables
+from speechssl.report import (
+    format_score,
+    load_benchmark,
+    read_curves,
+    report,
+    results_tables,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TASKS = {  # task -> (metric, higher_is_better, chance)

@@ -29,7 +29,12 @@ from speechssl.frames import frames_centered, frames_snip_edges
 from speechssl.interface import Features, Upstream, lengths_to_mask
 from speechssl.masking import frame_mask
 from speechssl.registry import register
-from upstream.modules.transformer import ACTIVATIONS, TransformerEncoder, init_bert_weights, sinusoid_positions
+from upstream.modules.transformer import (
+    ACTIVATIONS,
+    TransformerEncoder,
+    init_bert_weights,
+    sinusoid_positions,
+)
 
 FRONT_ENDS = ("log_mel", "fbank")
 

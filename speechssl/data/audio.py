@@ -39,6 +39,12 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     return int(info.frames), int(info.samplerate), int(info.channels)
 
 
+def resampled_length(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> int:
+    """Samples ``path`` will have at ``sample_rate`` once loaded, read from its header alone."""
+    frames, rate, _ = audio_info(path)
+    return frames if rate == sample_rate else round(frames * sample_rate / rate)
+
+
 def load_audio(
     path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *, resample: bool = True
 ) -> torch.Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from speechssl.data.audio import SAMPLE_RATE, audio_info, collate, find_audio, load_audio
+from speechssl.data.audio import collate, find_audio, load_audio, resampled_length
 from speechssl.data.manifest import read_manifest
 from speechssl.errors import ConfigError
 
@@ -49,8 +49,7 @@ class AudioDataset(torch.utils.data.Dataset):
         """Every audio file under ``root`` (recursive); lengths read from the headers."""
         utterances = []
         for utt_id, path in find_audio(root):
-            frames, rate, _ = audio_info(path)
-            utterances.append(Utterance(utt_id, path, round(frames * SAMPLE_RATE / rate)))
+            utterances.append(Utterance(utt_id, path, resampled_length(path)))
         return cls(utterances, max_samples)
 
 

@@ -56,3 +56,15 @@ def epoch_batches(
         for b in range(skip, len(batches)):
             yield epoch, b, batches[b]
         epoch, skip = epoch + 1, 0
+
+
+def plan_batches(num_samples: list[int], max_samples: int) -> list[list[int]]:
+    """Indices grouped so that ``len(batch) * longest <= max_samples`` (one item at least), longest first."""
+    order = sorted(range(len(num_samples)), key=lambda i: -num_samples[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * num_samples[batches[-1][0]] <= max_samples:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches

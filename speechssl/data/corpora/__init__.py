@@ -25,7 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechssl.data.corpora import fluent_commands, iemocap, librispeech, speech_commands, voxceleb1
+from speechssl.data.corpora import (
+    fluent_commands,
+    iemocap,
+    librispeech,
+    speech_commands,
+    voxceleb1,
+)
 from speechssl.data.corpora.base import SPLITS, check_split, require
 from speechssl.data.manifest import read_manifest
 from speechssl.errors import ConfigError

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from speechssl.data.audio import SAMPLE_RATE, audio_info
+from speechssl.data.audio import resampled_length
 from speechssl.errors import ConfigError
 
 SPLITS = ("train", "dev", "test")
@@ -37,8 +37,7 @@ def num_samples_16k(path: Path, listed_in: Path | None = None) -> int:
     if not path.is_file():
         source = f" (listed in {listed_in})" if listed_in else ""
         raise ConfigError(f"{path}: no such audio file{source}; is the corpus complete?")
-    frames, rate, _ = audio_info(path)
-    return frames if rate == SAMPLE_RATE else round(frames * SAMPLE_RATE / rate)
+    return resampled_length(path)
 
 
 def stable_percent(key: str) -> float:

@@ -22,7 +22,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from speechssl.data.corpora.base import check_split, num_samples_16k, require, stable_percent
+from speechssl.data.corpora.base import (
+    check_split,
+    num_samples_16k,
+    require,
+    stable_percent,
+)
 from speechssl.errors import ConfigError
 
 NAME = "iemocap"
