@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 # CUDA-enabled, so the same venv runs on a GPU machine). Never pin a +cpu build:
 # torchaudio does not load with it.
 TORCH  ?= torch==2.14.1
+S3PRL  ?= s3prl==0.4.18
 
 .PHONY: install test demo clean
 
@@ -18,11 +19,14 @@ ASR_TRAINER := trainer.max_steps=200 trainer.batch_seconds=20
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" torchaudio
 	$(PY) -m pip install --quiet -e ".[test]"
+	# the peer the parity tests compare against: only its per-model files are imported,
+	# and its pinned dependencies (old torchaudio among them) must not replace ours
+	$(PY) -m pip install --quiet --no-deps "$(S3PRL)"
 	touch $@
 
 test: install
