@@ -236,20 +236,20 @@ def results_tables(bench: Benchmark) -> str:
         tasks = bench.tasks(corpus)
         infos = [bench.task_info(corpus, task) for task in tasks]
         rows = [["upstream", *map(column_header, infos)]]
-        best = {task: _best_label(bench, corpus, task) for task in tasks}
+        best = {task: _best_labels(bench, corpus, task) for task in tasks}
         for label in bench.labels(corpus):
             row = [label]
             for task, info in zip(tasks, infos):
                 sweep = bench.sweeps.get((label, corpus, task))
                 cell = "–" if sweep is None else format_score(sweep.chosen.test, info.metric)
-                row.append(f"**{cell}**" if sweep is not None and best[task] == label else cell)
+                row.append(f"**{cell}**" if label in best[task] else cell)
             rows.append(row)
         rows.append(["*chance*", *(f"*{format_score(i.chance, i.metric)}*" for i in infos)])
         parts.append(f"### {corpus}\n\n{_markdown_table(rows, right=range(1, len(rows[0])))}")
     footnote = (
         "Each cell: the **test** score of the run with the best **dev** score among the learning rates tried "
         "for that upstream and task (SUPERB's protocol); ↑ higher is better, ↓ lower is better; "
-        "the best upstream of each column in bold; –: not run; "
+        "the best upstream of each column in bold (none where all tie); –: not run; "
         "*chance*: the task's chance level, as its runs report it."
     )
     return "\n\n".join(parts) + "\n\n" + footnote
@@ -448,14 +448,15 @@ def _check_tasks_agree(runs: list[BenchmarkRun]) -> None:
             )
 
 
-def _best_label(bench: Benchmark, corpus: str, task: str) -> str | None:
-    """The upstream with the best chosen test score of a task, or None when only one upstream ran it."""
+def _best_labels(bench: Benchmark, corpus: str, task: str) -> set[str]:
+    """The upstreams with the best chosen test score of a task (ties share it); none when no upstream is ahead."""
     sweeps = [(label, s.chosen) for (label, c, t), s in bench.sweeps.items() if c == corpus and t == task]
-    scored = [(label, run) for label, run in sweeps if not math.isnan(run.test)]
+    scored = {label: run.test if run.higher_is_better else -run.test for label, run in sweeps if not math.isnan(run.test)}
     if len(sweeps) < 2 or not scored:
-        return None
-    label, _ = max(scored, key=lambda lr: lr[1].test if lr[1].higher_is_better else -lr[1].test)
-    return label
+        return set()
+    top = max(scored.values())
+    best = {label for label, score in scored.items() if score == top}
+    return set() if len(best) == len(sweeps) else best  # all tied: nobody is best
 
 
 def _task_key(task: str) -> tuple[int, str]:

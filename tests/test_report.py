@@ -103,6 +103,19 @@ def test_lower_is_better_picks_lowest_dev(tmp_path):
     assert sweep.chosen.run_dir == tmp_path / "1" and "25.00%" in results_tables(bench)
 
 
+def test_ties_share_the_bold_and_an_all_tie_has_none(tmp_path):
+    write_run(tmp_path / "a_ks", "fbank", "ks", 1e-3, dev=0.5, test=0.25, layers=1)
+    write_run(tmp_path / "b_ks", "mfcc", "ks", 1e-3, dev=0.5, test=0.25, layers=1)
+    write_run(tmp_path / "c_ks", "mel", "ks", 1e-3, dev=0.5, test=0.10, layers=1)
+    for name in ("fbank", "mfcc"):  # ASR: every upstream at 100% WER, nobody is ahead
+        write_run(tmp_path / f"{name}_asr", name, "asr", 1e-3, dev=1.0, test=1.0, layers=1, curves=False)
+    table = main_table(report(tmp_path).read_text())
+    assert table["upstream"] == ["KS accuracy ↑", "ASR WER ↓"]
+    assert table["fbank"] == ["**25.00%**", "100.00%"]
+    assert table["mfcc"] == ["**25.00%**", "100.00%"]
+    assert table["mel"] == ["10.00%", "–"]
+
+
 def test_plots_are_png_files(runs):
     readme = report(runs, runs.parent / "out")
     out = readme.parent
