@@ -7,9 +7,13 @@ state in safetensors shards; training epochs and every run of a learning-rate
 sweep read them back without touching the upstream.
 
 Layout: ``ROOT/<upstream>-<fingerprint>/<corpus>/`` with ``index.json`` (utterance id
--> shard) and ``shard_NNNNN.safetensors`` (tensors ``<id>/<layer>``, (T, D)). The
-fingerprint hashes the upstream's name, config, weights and the storage dtype, so a
-retrained checkpoint never reads stale features.
+-> its shard and the audio it came from) and ``shard_NNNNN.safetensors`` (tensors
+``<id>/<layer>``, (T, D)). The fingerprint hashes the upstream's name, config, weights
+and the storage dtype, so a retrained checkpoint never reads stale features. Each
+utterance also keeps the identity of its audio (resolved path, offset, samples, file
+size and modification time): a corpus of the same name made elsewhere or made again
+(SUPERB-lite ``tiny`` and ``small`` share their utterance ids) is recomputed, never
+read from another corpus's features.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from speechssl.checkpoint import atomic_write, save_tensors
 from speechssl.data.audio import SAMPLE_RATE, collate
 from speechssl.data.manifest import load_utterance
 from speechssl.data.sampler import plan_batches
+from speechssl.errors import AudioError
 from speechssl.interface import Upstream
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,16 @@ def upstream_fingerprint(upstream: Upstream, dtype: torch.dtype) -> str:
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def audio_source(row: dict) -> str:
+    """What a manifest row's audio is: resolved path, offset, samples, file size and mtime (ns)."""
+    path = Path(row["path"]).resolve()
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise AudioError(f"{path}: cannot read ({e.strerror}), listed as utterance {row['id']}") from e
+    return f"{path}|{row.get('offset') or 0}|{row['num_samples']}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 class FeatureCache:
@@ -64,17 +79,22 @@ class FeatureCache:
         self.folder = Path(root) / f"{upstream.name}-{upstream_fingerprint(upstream, dtype)}" / corpus
         self.folder.mkdir(parents=True, exist_ok=True)
         index_file = self.folder / "index.json"
-        self.index: dict[str, str] = json.loads(index_file.read_text()) if index_file.exists() else {}
+        self.index: dict[str, dict] = json.loads(index_file.read_text()) if index_file.exists() else {}
         self._open: dict[str, object] = {}
 
-    def __contains__(self, utt_id: str) -> bool:
-        return utt_id in self.index
-
     def fill(self, utterances: list[dict]) -> int:
-        """Compute and store the utterances (rows with id, path, num_samples) not cached yet; returns how many."""
-        todo = [u for u in utterances if u["id"] not in self.index]
+        """Compute and store the utterances (rows with id, path, num_samples) not cached yet; returns how many.
+
+        An utterance cached from other audio (another file under the same id, or the
+        same file rewritten) counts as not cached.
+        """
+        sources = {u["id"]: audio_source(u) for u in utterances}
+        todo = [u for u in utterances if self.index.get(u["id"], {}).get("source") != sources[u["id"]]]
         if not todo:
             return 0
+        stale = sum(u["id"] in self.index for u in todo)
+        if stale:
+            log.info("%s: %d cached utterance(s) came from other audio; computing them again", self.folder, stale)
         model = self.upstream.to(self.device).eval()
         max_samples = int(self.batch_seconds * SAMPLE_RATE)
         shard = max((int(p.stem.split("_")[1]) for p in self.folder.glob("shard_*.safetensors")), default=-1)
@@ -93,14 +113,14 @@ class FeatureCache:
                 shard += 1
                 name = f"shard_{shard:05d}.safetensors"
                 save_tensors(self.folder / name, tensors, {"upstream": self.upstream.name})
-                self.index.update({r["id"]: name for r in rows})
+                self.index.update({r["id"]: {"shard": name, "source": sources[r["id"]]} for r in rows})
                 self._save_index()
                 progress.update(len(rows))
         return len(todo)
 
     def load(self, utt_id: str) -> list[torch.Tensor]:
         """Every hidden state of one utterance, float32 ``(T, D)`` each, layer 0 first."""
-        name = self.index[utt_id]
+        name = self.index[utt_id]["shard"]
         if name not in self._open:
             self._open[name] = safe_open(str(self.folder / name), framework="pt")
         handle = self._open[name]

@@ -1,9 +1,12 @@
 """The SUPERB protocol: every task trains on SUPERB-lite tiny; metrics; the feature cache; errors."""
 
 import json
+import shutil
+from pathlib import Path
 
 import jiwer
 import pytest
+import soundfile as sf
 import torch
 from sklearn.metrics import accuracy_score
 
@@ -78,6 +81,38 @@ def test_cached_features_equal_the_upstream(superb_lite_tiny, tmp_path):
     for row in data:
         wav = speechssl.load_audio(row["path"])
         torch.testing.assert_close(cache.load(row["id"])[0], upstream(wav).hidden_states[0][0], atol=1e-5, rtol=0)
+
+
+def test_same_ids_from_other_audio_are_computed_again(superb_lite_tiny, tmp_path):
+    """SUPERB-lite tiny and small share utterance ids: a cache must not hand one's features to the other."""
+    from speechssl.feature_cache import FeatureCache
+
+    upstream = speechssl.load_upstream("fbank")
+    data = rows(superb_lite_tiny, "ks")["dev"][:2]
+    elsewhere = tmp_path / "other_corpus"
+    elsewhere.mkdir()
+    other = []
+    for row, source in zip(data, rows(superb_lite_tiny, "ks")["test"][:2]):  # other audio under the same ids
+        shutil.copy(source["path"], elsewhere / Path(source["path"]).name)
+        other.append({**row, "path": elsewhere / Path(source["path"]).name, "num_samples": source["num_samples"]})
+    cache = FeatureCache(tmp_path / "cache", upstream, "superb_lite/ks", dtype=torch.float32)
+    assert cache.fill(data) == 2 and cache.fill(other) == 2 and cache.fill(other) == 0
+    for row in other:
+        expected = upstream(speechssl.load_audio(row["path"])).hidden_states[0][0]
+        torch.testing.assert_close(cache.load(row["id"])[0], expected, atol=1e-5, rtol=0)
+    # the same file written again (a corpus made anew in place) is computed again too
+    sf.write(other[0]["path"], 0.5 * speechssl.load_audio(other[0]["path"]).numpy(), 16000)
+    reopened = FeatureCache(tmp_path / "cache", upstream, "superb_lite/ks", dtype=torch.float32)
+    assert reopened.fill(other) == 1
+
+
+def test_missing_audio_of_a_row_is_named(superb_lite_tiny, tmp_path):
+    from speechssl.feature_cache import FeatureCache
+
+    row = {**rows(superb_lite_tiny, "ks")["dev"][0], "path": tmp_path / "gone.wav"}
+    cache = FeatureCache(tmp_path / "cache", speechssl.load_upstream("fbank"), "x")
+    with pytest.raises(speechssl.AudioError, match=r"gone.wav: cannot read .*utterance ks-dev-"):
+        cache.fill([row])
 
 
 def test_fine_tuning_runs_the_upstream(superb_lite_tiny, tmp_path):
