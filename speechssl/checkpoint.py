@@ -20,10 +20,19 @@ import safetensors
 import torch
 from safetensors.torch import load_file, save_file
 
-from speechssl.errors import CheckpointError
+from speechssl.errors import CheckpointError, first_line
 
 MODEL_FILE = "model.safetensors"
 FORMAT = "speechssl-upstream-1"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -36,6 +45,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result reads like any file written here
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -109,6 +119,7 @@ def read_upstream_checkpoint(path: str | os.PathLike) -> tuple[str, dict[str, An
 
 TRAIN_WEIGHTS = "train.safetensors"
 TRAINER_STATE = "trainer_state.pt"
+TRAINER_STATE_KEYS = {"step", "epoch", "batch_in_epoch", "best", "optimizer", "scheduler", "scaler", "rng", "world_size"}
 
 
 def _fsync_path(path: Path) -> None:
@@ -167,9 +178,11 @@ class CheckpointManager:
             _remove_tree(final)
         os.rename(tmp, final)
         _fsync_path(self.folder)
-        _point(self.run_dir / "last", final)
+        # best first: a run killed between the two resumes from the older last, repeats
+        # this step exactly and points best here again (the other order would lose it)
         if best:
             _point(self.run_dir / "best", final)
+        _point(self.run_dir / "last", final)
         self._prune()
         return final
 
@@ -179,7 +192,10 @@ class CheckpointManager:
             weights = load_file(str(folder / TRAIN_WEIGHTS))
             state = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
         except (safetensors.SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            raise CheckpointError(f"{folder}: unreadable training checkpoint ({str(e).splitlines()[0]})") from e
+            raise CheckpointError(f"{folder}: unreadable training checkpoint ({first_line(e)})") from e
+        if not isinstance(state, dict) or not TRAINER_STATE_KEYS <= set(state):
+            missing = sorted(TRAINER_STATE_KEYS - set(state)) if isinstance(state, dict) else ["all"]
+            raise CheckpointError(f"{folder}: {TRAINER_STATE} is not a speechssl trainer state (missing {', '.join(missing)})")
         return weights, state
 
     def _prune(self) -> None:

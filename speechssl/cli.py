@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -232,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             status = 2
 
     _register_schemas()
+    if os.environ.get("RANK", "0") != "0":
+        # under torchrun only rank 0 writes the run folder's config and log; the others warn on stderr
+        rest = [*rest, "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
+                "hydra.job_logging.root.level=WARNING"]
     sys.argv = [f"speechssl-{command}", *rest]
     hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=command)(task)()
     return status

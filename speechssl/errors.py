@@ -15,3 +15,9 @@ class CheckpointError(SpeechSSLError, ValueError):
 
 class ConfigError(SpeechSSLError, ValueError):
     """An unknown name or key, or a value out of range, in a config or an argument."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line of text, or its type's name when it has none (``EOFError()``)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from speechssl.checkpoint import CheckpointManager, atomic_write
 from speechssl.data.sampler import epoch_batches, shard
-from speechssl.errors import CheckpointError, ConfigError
+from speechssl.errors import CheckpointError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def lr_factor(step: int, cfg: TrainerConfig) -> float:
 
 
 def check_config(cfg: TrainerConfig, device: str) -> None:
+    """Refuse values the loop cannot run with, naming the ``trainer.*`` key, before any work starts."""
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={cfg.precision!r}; expected one of {', '.join(PRECISIONS)}")
     if cfg.precision == "fp16" and not device.startswith("cuda"):
@@ -83,8 +84,17 @@ def check_config(cfg: TrainerConfig, device: str) -> None:
         raise ConfigError(f"trainer.decay={cfg.decay!r}; expected linear, cosine or constant")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device}, but CUDA is not available on this machine")
-    if cfg.max_steps < 1 or cfg.grad_accum < 1:
-        raise ConfigError("trainer.max_steps and trainer.grad_accum must be at least 1")
+    at_least = {"max_steps": 1, "grad_accum": 1, "log_every": 1, "save_every": 1, "keep": 1,
+                "warmup_steps": 0, "num_workers": 0, "lr": 0.0, "weight_decay": 0.0, "clip_norm": 0.0}
+    for key, low in at_least.items():
+        if getattr(cfg, key) < low:
+            raise ConfigError(f"trainer.{key}={getattr(cfg, key)}; expected at least {low}")
+    for key in ("batch_seconds", "max_seconds"):
+        value = getattr(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"trainer.{key}={value}; expected seconds > 0")
+    if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
+        raise ConfigError(f"trainer.betas={list(cfg.betas)}; expected two values in [0, 1)")
 
 
 def default_loss(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
@@ -161,18 +171,19 @@ class Trainer:
                     self.scaler.scale(loss / self.cfg.grad_accum).backward()
                 for k, v in {"loss": loss.detach(), **logs}.items():
                     logs_sum[k] = logs_sum.get(k, 0.0) + v.float() / self.cfg.grad_accum
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step uses; _optimizer_step moves to the next
             grad_norm = self._optimizer_step()
             self.step += 1
             self.epoch, self.batch_in_epoch = position[0], position[1] + 1
             interval_losses.append(logs_sum["loss"])
             progress.update(1)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
-                scalars = {k: float(v) for k, v in logs_sum.items()}
-                scalars.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+                scalars = {k: float(v) for k, v in self._mean_over_ranks(logs_sum).items()}
+                scalars.update(lr=lr, grad_norm=float(grad_norm))
                 progress.set_postfix(loss=f"{scalars['loss']:.4f}")
                 self._log(writer, scalars)
             if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps:
-                self.save(float(torch.stack(interval_losses).mean()))
+                self.save(float(self._mean_over_ranks({"loss": torch.stack(interval_losses).mean()})["loss"]))
                 interval_losses = []
         progress.close()
         if writer is not None:
@@ -196,8 +207,11 @@ class Trainer:
                 positions.append((epoch, index))
                 yield shard(batch, self.rank, self.world_size) or batch[:1]
 
+        # Its own generator: the loader draws a worker base seed when its iterator starts,
+        # which from the global RNG would shift every dropout mask after a resume.
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=local_batches(), collate_fn=collate, num_workers=self.cfg.num_workers
+            dataset, batch_sampler=local_batches(), collate_fn=collate, num_workers=self.cfg.num_workers,
+            generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + self.rank),
         )
         for batch in loader:
             yield positions.pop(0), to_device(batch, self.device)
@@ -220,6 +234,14 @@ class Trainer:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def _mean_over_ranks(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each value averaged over the processes (every rank calls this at the same steps)."""
+        if self.world_size == 1:
+            return values
+        stacked = torch.stack([v.float() for v in values.values()]).to(self.device)
+        dist.all_reduce(stacked)
+        return dict(zip(values, stacked / self.world_size))
 
     # -- logging -----------------------------------------------------------------------
 
@@ -271,10 +293,16 @@ class Trainer:
         if self.evaluate is not None:
             self._log_eval(metrics)
         name, mode = self.select
+        if name not in metrics:
+            raise ConfigError(f"checkpoints are chosen by '{name}', which is not among the metrics: {', '.join(metrics)}")
         value = metrics[name]
         improved = self.best is None or (value < self.best if mode == "min" else value > self.best)
         if improved:
             self.best = value
+        rng = [self._rng_state()]
+        if self.world_size > 1:
+            rng = [None] * self.world_size
+            dist.all_gather_object(rng, self._rng_state())
         if self.is_main:
             state = {
                 "step": self.step,
@@ -284,8 +312,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_generator": self.generator.get_state(),
+                "rng": rng,  # one entry per rank
                 "world_size": self.world_size,
             }
             self.checkpoints.save(self.step, self.model.state_dict(), state, self.export, best=improved)
@@ -299,17 +326,38 @@ class Trainer:
         weights, state = self.checkpoints.load(folder)
         try:
             self.model.load_state_dict(weights, strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"{folder}: checkpoint of another model or config: {e}") from e
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            rng = state["rng"]
+            self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+            self.best = state["best"]
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{folder}: checkpoint of another model or config ({first_line(e)})") from e
         if state["world_size"] == self.world_size:
-            self.generator.set_state(state["rng_generator"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.best = state["best"]
+            self._set_rng_state(rng[self.rank])
+        else:  # rank 0's global state; a fresh generator per rank, not replaying the first steps' draws
+            torch.set_rng_state(rng[0]["cpu"])
+            self.generator.manual_seed(self.cfg.seed * 1000 + self.rank + 7919 * self.step)
+            log.warning(
+                "%s was written by %d process(es), this run has %d: resumed, but random draws "
+                "(masking, dropout) will not repeat those of an unbroken run", folder, state["world_size"],
+                self.world_size,
+            )
         log.info("resumed from %s at step %d", folder, self.step)
+
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        """This process's random states: the global CPU one (dropout), the trainer's generator, CUDA's."""
+        state = {"cpu": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["cpu"])
+        self.generator.set_state(state["generator"])
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
 
 
 def to_device(batch, device):

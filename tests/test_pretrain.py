@@ -1,6 +1,7 @@
 """Pretraining through the engine: every pretrainable upstream on SUPERB-lite tiny, then loaded back."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -65,6 +66,20 @@ def test_cli_pretrain_resume_and_extract(superb_lite_tiny, tmp_path):
     assert (tmp_path / "feats" / "pretrain-train-00000.safetensors").exists()
     with pytest.raises(CheckpointError, match="holds a 'apc' upstream, not 'tera'"):
         speechssl.load_upstream("tera", ckpt=tmp_path / "runs/apc/last")
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_rank_0_alone_writes_the_log(superb_lite_tiny, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "speechssl.cli",
+         "pretrain", "upstream=apc_tiny", f"data.root={superb_lite_tiny}", "trainer=tiny", "trainer.max_steps=4",
+         "trainer.log_every=2", "trainer.save_every=4", "hydra.run.dir=run"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    log = (tmp_path / "run" / "pretrain.log").read_text()
+    assert log.count("done: step 4") == 1 and log.count("step 2: loss") == 1
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["world_size"] == 2
 
 
 def test_bf16_autocast_ends_near_fp32(superb_lite_tiny, tmp_path):
