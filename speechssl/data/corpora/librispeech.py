@@ -14,8 +14,10 @@ order): one word a line, ``WORD PH1 PH2 ...`` (CMUdict, or LibriSpeech's
 (CMUdict's ``WORD(2)`` variants and later files' entries are ignored; ``# ...`` comments
 too). Stress digits are stripped (``AH0`` -> ``AH``, 39 ARPAbet phones) unless
 ``strip_stress=False``: SUPERB's PR keeps them (s3prl's ``vocab/phoneme.txt``, vowels with
-stress 0/1/2) and reads ``librispeech-lexicon.txt`` then a G2P lexicon for the words
-it lacks; pass both files and ``strip_stress=False`` for SUPERB's labels. A transcript word
+stress 0/1/2) and reads two G2P lexicons, ``librispeech-lexicon-200k-g2p.txt`` then
+``librispeech-lexicon-allothers-g2p.txt`` (s3prl's ``downstream/ctc/libriphone.yaml``; its
+plain ``librispeech-lexicon.txt`` is commented out there): pass those two, in that order,
+and ``strip_stress=False`` for SUPERB's labels. A transcript word
 missing from the lexicon is an error naming it and the utterance; with
 ``missing_words="skip"`` such utterances are dropped instead and their count logged.
 """
