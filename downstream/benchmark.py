@@ -169,6 +169,7 @@ def benchmark(
         "lr": cfg.lr,
         "dev": dev,
         "test": test,
+        "layer": layer,
         "layer_weights": featurizer.layer_weights().tolist(),
         "step": trained["step"],
         "trainable": trainable,

@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from speechssl.errors import SpeechSSLError
+from speechssl.errors import ConfigError, SpeechSSLError
 
 log = logging.getLogger("speechssl")
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CACHE_DTYPES = ("float16", "float32")
 
 
 def upstream_from_config(cfg):
@@ -43,10 +44,20 @@ def upstream_from_config(cfg):
     return load_upstream(name, ckpt=ckpt, **node)
 
 
+def parse_layer(value, names: tuple[str, ...]) -> str | int:
+    """``layer=``: one of ``names`` or a hidden-state index (negative counts from the top)."""
+    if isinstance(value, int) and not isinstance(value, bool) or value in names:
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"layer={value!r}; expected {' | '.join(names)} | an integer index") from None
+
+
 def run_extract(cfg) -> int:
     from speechssl.extract import extract
 
-    layer = cfg.layer if cfg.layer in ("all", "weighted", "last") else int(cfg.layer)
+    layer = parse_layer(cfg.layer, ("all", "weighted", "last"))
     report = extract(
         upstream_from_config(cfg),
         cfg.input,
@@ -67,7 +78,6 @@ def run_extract(cfg) -> int:
 def dataset_from_config(cfg, max_seconds: float | None):
     """The pretraining audio of ``cfg.data``: its ``pretrain`` manifest, else every audio file under ``root``."""
     from speechssl.data.dataset import AudioDataset
-    from speechssl.errors import ConfigError
 
     root = Path(cfg.data.root)
     max_samples = int(max_seconds * 16000) if max_seconds else None
@@ -130,10 +140,14 @@ def run_benchmark(cfg) -> int:
     from omegaconf import OmegaConf
 
     from downstream.benchmark import benchmark
+    from speechssl.device import check_device
     from speechssl.trainer import TrainerConfig
 
     trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
-    layer = cfg.layer if cfg.layer in ("weighted", "last") else int(cfg.layer)
+    layer = parse_layer(cfg.layer, ("weighted", "last"))
+    if cfg.cache.dtype not in CACHE_DTYPES:
+        raise ConfigError(f"cache.dtype={cfg.cache.dtype!r}; expected one of {', '.join(CACHE_DTYPES)}")
+    check_device(cfg.device)  # before the upstream runs over the corpus to fill the cache
     results = benchmark(
         upstream_from_config(cfg),
         cfg.task.name,
@@ -142,11 +156,11 @@ def run_benchmark(cfg) -> int:
         HydraConfig.get().runtime.output_dir,
         corpus=cfg.data.name,
         cache_dir=cfg.cache.dir,
-        cache_dtype=torch.float16 if cfg.cache.dtype == "float16" else torch.float32,
+        cache_dtype=getattr(torch, cfg.cache.dtype),
         layer=layer,
         trainable=bool(cfg.upstream.trainable),
         device=cfg.device,
-        info={"ckpt": cfg.upstream.ckpt},
+        info={"ckpt": cfg.upstream.ckpt, "data_root": str(Path(cfg.data.root).resolve())},
     )
     metric = results["metric"]
     print(

@@ -26,7 +26,8 @@ from speechssl.data.audio import (
     resampled_length,
 )
 from speechssl.data.sampler import plan_batches
-from speechssl.errors import AudioError, ConfigError
+from speechssl.device import check_device
+from speechssl.errors import AudioError
 from speechssl.interface import Featurizer, Upstream
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,7 @@ def extract(
     :class:`Featurizer` (``"weighted"`` with equal weights: the mean of the layers).
     ``output/index.tsv`` lists id, source path, feature file, frames and samples.
     """
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device}, but CUDA is not available on this machine")
+    check_device(device)
     featurizer = None if layer == "all" else Featurizer(upstream, layer).to(device)
     upstream = upstream.to(device).eval()
     output = Path(output)

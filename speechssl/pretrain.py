@@ -39,6 +39,7 @@ def pretrain(
         )
     torch.manual_seed(cfg.seed)
     upstream = build_upstream(name, **(overrides or {}))
+    dataset = dataset.without_shorter_than(upstream.min_samples)
     objective = entry.objective(upstream)
     trainer = Trainer(objective, cfg, run_dir, device=device, export=lambda folder: save_upstream(upstream, folder))
     results = trainer.fit(dataset, collate_batch)

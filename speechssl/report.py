@@ -21,6 +21,7 @@ metric is chosen, as SUPERB picks the learning rate per task on dev, and its
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
-TSV_COLUMNS = ["upstream", "ckpt", "corpus", "task", "metric", "dev", "test", "lr", "chosen", "run_dir"]
+TSV_COLUMNS = ["upstream", "ckpt", "layer", "trainable", "corpus", "task", "metric", "dev", "test", "lr", "chosen",
+               "run_dir"]
 
 # The order of SUPERB's tables (Yang et al., 2021, Table 1); other tasks follow by name.
 TASK_ORDER = ["pr", "ks", "ic", "sid", "er", "asr"]
@@ -65,11 +67,21 @@ class BenchmarkRun:
     test: float  # the main metric on test
     layer_weights: list[float] | None
     step: int | None
+    layer: str | int = "weighted"  # the Featurizer's layer: SUPERB's weighted sum, or one hidden state
+    trainable: bool = False  # the upstream fine-tuned with the head, not frozen
+    data_root: str | None = None  # the corpus folder, told apart when two share a corpus name
 
     @property
     def label(self) -> str:
-        """The row name: ``apc`` for a baseline or default weights, ``apc (runs/apc/last)`` with a checkpoint."""
-        return self.upstream if self.ckpt is None else f"{self.upstream} ({_short_path(self.ckpt)})"
+        """The row name: ``apc`` for a baseline or default weights, ``apc (runs/apc/last)`` with a checkpoint.
+
+        Runs outside SUPERB's protocol are rows of their own, never pooled with it:
+        ``apc, layer=last`` (one hidden state), ``apc, fine-tuned`` (upstream trained).
+        """
+        label = self.upstream if self.ckpt is None else f"{self.upstream} ({_short_path(self.ckpt)})"
+        if self.layer != "weighted":
+            label += f", layer={self.layer}"
+        return label + (", fine-tuned" if self.trainable else "")
 
     def dev_rank(self) -> float:
         """The dev metric signed so that larger is better; a NaN (a diverged run) ranks last."""
@@ -154,6 +166,9 @@ def read_run(path: Path) -> BenchmarkRun | None:
         test=scores["test"],
         layer_weights=weights,
         step=field("step", int, optional=True),
+        layer=_default(field("layer", (str, int), optional=True), "weighted"),
+        trainable=bool(field("trainable", bool, optional=True)),
+        data_root=field("data_root", str, optional=True),
     )
 
 
@@ -171,6 +186,7 @@ def load_benchmark(runs_dir: str | os.PathLike) -> Benchmark:
             f"no benchmark results under {runs_dir.resolve()}: looked for {RESULTS_FILE} with \"kind\": \"benchmark\" "
             f"in every folder below it and found {len(found)} {RESULTS_FILE} file(s), none of a benchmark run"
         )
+    runs = _tell_corpora_apart(runs)
     _check_tasks_agree(runs)
     groups: dict[tuple[str, str, str], list[BenchmarkRun]] = defaultdict(list)
     for run in runs:
@@ -182,6 +198,18 @@ def load_benchmark(runs_dir: str | os.PathLike) -> Benchmark:
     skipped = len(found) - len(runs)
     log.info("read %d benchmark run(s) under %s (%d other results skipped)", len(runs), runs_dir, skipped)
     return Benchmark(runs_dir, runs, sweeps)
+
+
+def _tell_corpora_apart(runs: list[BenchmarkRun]) -> list[BenchmarkRun]:
+    """Runs on two folders of one corpus name (SUPERB-lite tiny and small) get ``name (folder)`` as corpus."""
+    roots: dict[str, set] = defaultdict(set)
+    for run in runs:
+        roots[run.corpus].add(run.data_root)
+    return [
+        dataclasses.replace(run, corpus=f"{run.corpus} ({_short_path(run.data_root or '?')})")
+        if len(roots[run.corpus]) > 1 else run
+        for run in runs
+    ]
 
 
 def read_curves(run_dir: Path, metric: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
@@ -425,7 +453,8 @@ def _write_tsv(bench: Benchmark, path: Path) -> None:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             writer.writerow(TSV_COLUMNS)
             for run in sorted(bench.runs, key=lambda r: (_sweep_key((r.label, r.corpus, r.task)), r.lr or 0.0)):
-                writer.writerow([run.upstream, run.ckpt or "", run.corpus, run.task, run.metric, repr(run.dev),
+                writer.writerow([run.upstream, run.ckpt or "", run.layer, int(run.trainable), run.corpus, run.task,
+                                 run.metric, repr(run.dev),
                                  repr(run.test), "" if run.lr is None else repr(run.lr), int(id(run) in chosen),
                                  str(run.run_dir)])
 
@@ -466,6 +495,10 @@ def _task_key(task: str) -> tuple[int, str]:
 def _sweep_key(key: tuple[str, str, str]) -> tuple:
     label, corpus, task = key
     return (label, corpus, _task_key(task))
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _short_path(path: str) -> str:

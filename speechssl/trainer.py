@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from speechssl.checkpoint import CheckpointManager, atomic_write
 from speechssl.data.sampler import epoch_batches, shard
+from speechssl.device import check_device
 from speechssl.errors import CheckpointError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,7 @@ def check_config(cfg: TrainerConfig, device: str) -> None:
         raise ConfigError("trainer.precision=fp16 needs CUDA; on a CPU use bf16 or fp32")
     if cfg.decay not in ("linear", "cosine", "constant"):
         raise ConfigError(f"trainer.decay={cfg.decay!r}; expected linear, cosine or constant")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device}, but CUDA is not available on this machine")
+    check_device(device)
     at_least = {"max_steps": 1, "grad_accum": 1, "log_every": 1, "save_every": 1, "keep": 1,
                 "warmup_steps": 0, "num_workers": 0, "lr": 0.0, "weight_decay": 0.0, "clip_norm": 0.0}
     for key, low in at_least.items():

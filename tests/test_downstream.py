@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jiwer
@@ -16,6 +18,7 @@ from downstream.heads import ctc_greedy_decode, mean_pool
 from downstream.task import get_task, list_tasks
 from speechssl.data.corpora import corpus_manifest
 from speechssl.errors import ConfigError
+from speechssl.feature_cache import FeatureCache
 from speechssl.trainer import TrainerConfig
 
 FEW_STEPS = TrainerConfig(max_steps=6, warmup_steps=2, lr=1e-3, batch_seconds=20, max_seconds=None, save_every=3, log_every=3)
@@ -72,8 +75,6 @@ def test_cache_means_no_upstream_call_after_the_first_pass(superb_lite_tiny, tmp
 
 
 def test_cached_features_equal_the_upstream(superb_lite_tiny, tmp_path):
-    from speechssl.feature_cache import FeatureCache
-
     upstream = speechssl.load_upstream("fbank")
     data = rows(superb_lite_tiny, "ks")["dev"][:3]
     cache = FeatureCache(tmp_path, upstream, "x", dtype=torch.float32)
@@ -85,8 +86,6 @@ def test_cached_features_equal_the_upstream(superb_lite_tiny, tmp_path):
 
 def test_same_ids_from_other_audio_are_computed_again(superb_lite_tiny, tmp_path):
     """SUPERB-lite tiny and small share utterance ids: a cache must not hand one's features to the other."""
-    from speechssl.feature_cache import FeatureCache
-
     upstream = speechssl.load_upstream("fbank")
     data = rows(superb_lite_tiny, "ks")["dev"][:2]
     elsewhere = tmp_path / "other_corpus"
@@ -107,12 +106,33 @@ def test_same_ids_from_other_audio_are_computed_again(superb_lite_tiny, tmp_path
 
 
 def test_missing_audio_of_a_row_is_named(superb_lite_tiny, tmp_path):
-    from speechssl.feature_cache import FeatureCache
-
     row = {**rows(superb_lite_tiny, "ks")["dev"][0], "path": tmp_path / "gone.wav"}
     cache = FeatureCache(tmp_path / "cache", speechssl.load_upstream("fbank"), "x")
     with pytest.raises(speechssl.AudioError, match=r"gone.wav: cannot read .*utterance ks-dev-"):
         cache.fill([row])
+
+
+def test_a_clip_shorter_than_the_receptive_field_is_named_before_any_work(superb_lite_tiny, tmp_path):
+    model = speechssl.load_upstream("fbank")
+    counter = CountingUpstream(model)
+    data = rows(superb_lite_tiny, "ks")["dev"][:3]
+    data[1] = {**data[1], "num_samples": 100}
+    with pytest.raises(speechssl.AudioError, match=rf"1 utterance\(s\) shorter than fbank's receptive field of "
+                                                    rf"400 samples, e.g. {data[1]['path']} \(100 samples\)"):
+        FeatureCache(tmp_path, model, "x").fill(data)
+    assert counter.utterances == 0
+
+
+def test_cli_refuses_bad_cache_dtype_and_device_before_any_work(superb_lite_tiny, tmp_path):
+    for key, message in [("cache.dtype=bf16", "cache.dtype='bf16'; expected one of float16, float32"),
+                         ("device=gpu", "device='gpu': not a device")]:
+        run = subprocess.run(
+            [sys.executable, "-m", "speechssl.cli", "benchmark", "upstream=fbank", "task=ks",
+             f"data.root={superb_lite_tiny}", key, f"hydra.run.dir={tmp_path}/run", f"cache.dir={tmp_path}/cache"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )
+        assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+        assert not (tmp_path / "cache").exists()
 
 
 def test_fine_tuning_runs_the_upstream(superb_lite_tiny, tmp_path):
@@ -181,9 +201,6 @@ def test_task_without_labels_in_corpus(superb_lite_tiny, tmp_path):
 
 
 def test_cli_sweep_and_report(superb_lite_tiny, tmp_path):
-    import subprocess
-    import sys
-
     run = subprocess.run(
         [sys.executable, "-m", "speechssl.cli", "benchmark", "-m", "upstream=fbank", "task=ks",
          f"data.root={superb_lite_tiny}", "optim.lr=1e-3,1e-2", "trainer.max_steps=4", "trainer.save_every=2",

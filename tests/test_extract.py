@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import speechssl
 from speechssl.data.audio import find_audio
 from speechssl.data.sampler import plan_batches
+from speechssl.extract import extract
 
 
 def speechssl_cli(*args, cwd):
@@ -78,6 +79,26 @@ def test_cli_errors_and_help(tmp_path):
     assert run.returncode == 0 and "usage: speechssl extract" in run.stdout and "upstream: apc, apc_tiny, fbank, mel, mfcc, mockingjay, mockingjay_tiny" in run.stdout
     run = speechssl_cli("pretrian", cwd=tmp_path)
     assert run.returncode == 2 and "unknown command 'pretrian'" in run.stderr
+    sf.write(tmp_path / "x.wav", np.zeros(1600, np.float32), 16000)
+    for key, message in [("layer=top", "layer='top'; expected all | weighted | last | an integer index"),
+                         ("device=gpu", "device='gpu': not a device; expected cpu, cuda or cuda:N")]:
+        run = speechssl_cli("extract", "upstream=mfcc", "input=x.wav", "output=o", key, f"hydra.run.dir={tmp_path}/r",
+                            cwd=tmp_path)
+        assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+
+
+def test_files_differing_only_by_extension_keep_apart(tmp_path):
+    rng = np.random.default_rng(2)
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", 0.1 * rng.standard_normal(16000), 16000)
+    sf.write(tmp_path / "in" / "a.flac", 0.1 * rng.standard_normal(8000), 16000)
+    sf.write(tmp_path / "in" / "b.wav", 0.1 * rng.standard_normal(4000), 16000)
+    assert [i for i, _ in find_audio(tmp_path / "in")] == ["a.flac", "a.wav", "b"]
+    report = extract(speechssl.load_upstream("mfcc"), tmp_path / "in", tmp_path / "out")
+    assert len(report.written) == 3 and not report.skipped
+    frames = {name: load_file(tmp_path / "out" / f"{name}.safetensors")["hidden_state_00"].shape[0]
+              for name in ("a.wav", "a.flac", "b")}
+    assert frames == {"a.wav": 98, "a.flac": 48, "b": 23}  # each file its own features
 
 
 def test_find_audio_list_file(tmp_path):

@@ -42,6 +42,20 @@ def test_pretrain_then_load(name, superb_lite_tiny, tmp_path):
     assert len(feats.hidden_states) == model.num_layers and feats.lengths.item() == model.num_frames(torch.tensor([len(wav)])).item()
 
 
+def test_clips_shorter_than_the_receptive_field_are_left_out(superb_lite_tiny, caplog):
+    dataset = AudioDataset.from_manifest(superb_lite_tiny / "pretrain" / "train.tsv")
+    dataset.utterances[0].num_samples = 100
+    with caplog.at_level("WARNING"):
+        kept = dataset.without_shorter_than(speechssl.build_upstream("apc").min_samples)
+    assert len(kept) == len(dataset) - 1 and dataset.utterances[0] not in kept.utterances
+    assert "1 utterance(s) shorter than 400 samples left out" in caplog.text and str(dataset.utterances[0].path) in caplog.text
+    assert dataset.without_shorter_than(1) is dataset
+    for u in dataset.utterances:
+        u.num_samples = 10
+    with pytest.raises(ConfigError, match="every utterance of the training set is shorter than 400 samples"):
+        dataset.without_shorter_than(400)
+
+
 def test_baseline_has_no_objective(tmp_path):
     with pytest.raises(ConfigError, match="upstream 'fbank' has no pretraining objective; pretrainable: apc"):
         pretrain("fbank", None, CFG, tmp_path)

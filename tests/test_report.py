@@ -27,7 +27,7 @@ TASKS = {  # task -> (metric, higher_is_better, chance)
 APC_CKPT = "runs/apc/last"
 
 
-def write_run(folder, upstream, task, lr, dev, test, ckpt=None, layers=3, curves=True):
+def write_run(folder, upstream, task, lr, dev, test, ckpt=None, layers=3, curves=True, **extra):
     metric, higher, chance = TASKS[task]
     folder.mkdir(parents=True)
     weights = [i + 1.0 for i in range(layers)]
@@ -35,7 +35,7 @@ def write_run(folder, upstream, task, lr, dev, test, ckpt=None, layers=3, curves
         "kind": "benchmark", "upstream": upstream, "ckpt": ckpt, "task": task, "corpus": "superb_lite",
         "metric": metric, "higher_is_better": higher, "chance": chance, "lr": lr,
         "dev": {metric: dev, "loss": 1.0}, "test": {metric: test},
-        "layer_weights": [w / sum(weights) for w in weights], "step": 300,
+        "layer_weights": [w / sum(weights) for w in weights], "step": 300, **extra,
     }
     (folder / "results.json").write_text(json.dumps(results))
     if curves:
@@ -116,6 +116,24 @@ def test_ties_share_the_bold_and_an_all_tie_has_none(tmp_path):
     assert table["mel"] == ["10.00%", "–"]
 
 
+def test_runs_outside_the_protocol_and_other_corpus_folders_are_not_pooled(tmp_path):
+    """A fine-tuned or one-layer run never becomes the frozen weighted-sum result; nor do two corpus folders mix."""
+    common = {"data_root": "/data/superb_lite_small"}
+    write_run(tmp_path / "frozen", "fbank", "ks", 1e-3, dev=0.50, test=0.40, layers=1, **common)
+    write_run(tmp_path / "tuned", "fbank", "ks", 1e-3, dev=0.90, test=0.95, layers=1, trainable=True, **common)
+    write_run(tmp_path / "top", "fbank", "ks", 1e-3, dev=0.70, test=0.60, layers=1, layer="last", **common)
+    write_run(tmp_path / "first", "fbank", "ks", 1e-3, dev=0.65, test=0.55, layers=1, layer=0, **common)
+    write_run(tmp_path / "tiny", "fbank", "ks", 1e-3, dev=0.99, test=0.99, layers=1, data_root="/data/superb_lite_tiny")
+    text = report(tmp_path).read_text()
+    small = text.split("### superb_lite (/data/superb_lite_small)", 1)[1].split("###", 1)[0]
+    rows = {row[0]: row[1:] for row in ([c.strip() for c in line.strip("|").split("|")]
+                                         for line in small.splitlines() if line.startswith("| ") and "---" not in line)}
+    assert rows["fbank"] == ["40.00%"]
+    assert rows["fbank, fine-tuned"] == ["**95.00%**"]
+    assert rows["fbank, layer=last"] == ["60.00%"] and rows["fbank, layer=0"] == ["55.00%"]
+    assert "99.00%" in text.split("### superb_lite (/data/superb_lite_tiny)", 1)[1]
+
+
 def test_plots_are_png_files(runs):
     readme = report(runs, runs.parent / "out")
     out = readme.parent
@@ -136,7 +154,8 @@ def test_results_tsv(runs):
     with open(out / "results.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert len(rows) == 7  # every benchmark run; not the pretraining run
-    assert list(rows[0]) == ["upstream", "ckpt", "corpus", "task", "metric", "dev", "test", "lr", "chosen", "run_dir"]
+    assert list(rows[0]) == ["upstream", "ckpt", "layer", "trainable", "corpus", "task", "metric", "dev", "test", "lr",
+                             "chosen", "run_dir"]
     ks = [r for r in rows if r["upstream"] == "apc" and r["task"] == "ks"]
     assert [(float(r["lr"]), float(r["dev"]), float(r["test"]), r["chosen"]) for r in ks] == [
         (1e-4, 0.50, 0.60, "0"), (1e-3, 0.62, 0.58, "1"), (1e-2, 0.55, 0.70, "0")]

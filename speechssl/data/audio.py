@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -90,7 +91,8 @@ def find_audio(source: str | os.PathLike) -> list[tuple[str, Path]]:
 
     A list file (``.txt .lst .list .scp``) holds one path a line (the first
     tab-separated column), relative to the list's folder unless absolute. Ids are
-    paths relative to the folder (or the files' common folder), without extension.
+    paths relative to the folder (or the files' common folder), without extension,
+    except where two files differ only by it (``a.wav``, ``a.flac``): those keep it.
     """
     source = Path(source)
     if not source.exists():
@@ -107,7 +109,9 @@ def find_audio(source: str | os.PathLike) -> list[tuple[str, Path]]:
         return [(source.stem, source)]
     if not paths:
         raise ConfigError(f"input {source}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
-    return [(str(p.relative_to(root).with_suffix("")), p) for p in paths]
+    ids = [str(p.relative_to(root).with_suffix("")) for p in paths]
+    clashing = {i for i, n in Counter(ids).items() if n > 1}  # a.wav and a.flac: both keep their extension
+    return [(str(p.relative_to(root)) if i in clashing else i, p) for i, p in zip(ids, paths)]
 
 
 def save_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import torch
 from speechssl.data.audio import collate, find_audio, load_audio, resampled_length
 from speechssl.data.manifest import read_manifest
 from speechssl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +47,20 @@ class AudioDataset(torch.utils.data.Dataset):
         wav = load_audio(self.utterances[i].path)
         return wav[: self.max_samples] if self.max_samples else wav
 
+    def without_shorter_than(self, min_samples: int) -> "AudioDataset":
+        """The same dataset less the utterances under ``min_samples`` (too short for a model's receptive field)."""
+        kept = [u for u in self.utterances if u.num_samples >= min_samples]
+        if len(kept) == len(self.utterances):
+            return self
+        dropped = [u for u in self.utterances if u.num_samples < min_samples]
+        log.warning(
+            "%d utterance(s) shorter than %d samples left out (the model's receptive field), e.g. %s",
+            len(dropped), min_samples, ", ".join(str(u.path) for u in dropped[:3]),
+        )
+        if not kept:
+            raise ConfigError(f"every utterance of the training set is shorter than {min_samples} samples")
+        return AudioDataset(kept, self.max_samples)
+
     @classmethod
     def from_folder(cls, root: str | Path, max_samples: int | None = None) -> "AudioDataset":
         """Every audio file under ``root`` (recursive); lengths read from the headers."""
@@ -51,7 +68,6 @@ class AudioDataset(torch.utils.data.Dataset):
         for utt_id, path in find_audio(root):
             utterances.append(Utterance(utt_id, path, resampled_length(path)))
         return cls(utterances, max_samples)
-
 
     @classmethod
     def from_manifest(cls, path: str | Path, max_samples: int | None = None) -> "AudioDataset":
