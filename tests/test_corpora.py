@@ -237,9 +237,15 @@ def test_speech_commands_superb_split_and_labels(speech_commands):
     }
 
 
-def test_speech_commands_separate_test_set(speech_commands):
+def test_speech_commands_separate_test_set(speech_commands, caplog):
     root, test_root = speech_commands
-    test = by_id(corpus_manifest("speech_commands", root, "ks", "test", test_root=str(test_root)))
+    with caplog.at_level("WARNING"):
+        corpus_manifest("speech_commands", root, "ks", "test")
+    assert "not comparable with SUPERB's" in caplog.text  # testing_list.txt is not SUPERB's KS test set
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        test = by_id(corpus_manifest("speech_commands", root, "ks", "test", test_root=str(test_root)))
+    assert not caplog.text
     check_rows(test.values())
     assert {k: r["label"] for k, r in test.items()} == {
         "test_set/yes/ffff6666_nohash_0": "yes", "test_set/_unknown_/gggg7777_nohash_0": "_unknown_",

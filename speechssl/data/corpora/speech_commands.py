@@ -24,11 +24,14 @@ file, every row of this corpus has an ``offset`` column: the first sample to rea
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from speechssl.data.audio import SAMPLE_RATE
 from speechssl.data.corpora.base import check_split, num_samples_16k, require
 from speechssl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 NAME = "speech_commands"
 TASKS = ("ks",)
@@ -44,6 +47,11 @@ def manifest(root: Path, task: str, split: str, *, test_root: str | None = None)
     require(root, "Speech Commands v0.01 folder")
     if split == "test" and test_root:
         return test_set_rows(require(Path(test_root), "Speech Commands test set (test_root)"))
+    if split == "test":
+        log.warning(
+            "speech_commands: testing on testing_list.txt; SUPERB's KS scores speech_commands_test_set_v0.01 "
+            "(data.options.test_root=DIR), so these numbers are not comparable with SUPERB's"
+        )
     listed = {
         name: read_list(require(root / f"{name}_list.txt", "Speech Commands split list"))
         for name in ("validation", "testing")
