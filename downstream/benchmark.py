@@ -46,6 +46,10 @@ class CachedFeatures(torch.utils.data.Dataset):
     def num_samples(self) -> list[int]:
         return [r["num_samples"] for r in self.rows]
 
+    def sample_weights(self) -> list[float] | None:
+        """The task's training weights of the rows (None: every row once an epoch)."""
+        return self.task.sample_weights(self.rows)
+
     def __getitem__(self, i: int):
         return self.cache.load(self.rows[i]["id"]), self.task.encode(self.rows[i])
 

@@ -63,10 +63,19 @@ class UtteranceClassification(Task):
 
 @register_task
 class KeywordSpotting(UtteranceClassification):
-    """SUPERB KS: Speech Commands v0.01's 10 keywords, _unknown_ and _silence_."""
+    """SUPERB KS: Speech Commands v0.01's 10 keywords, _unknown_ and _silence_.
+
+    Training draws utterances class-balanced, with replacement, as s3prl's KS does
+    (``WeightedRandomSampler`` with weight ``1 / class count``): ``_unknown_`` is most
+    of Speech Commands' training set. Dev and test are scored on every utterance once.
+    """
 
     name = "ks"
     columns = ("label",)
+
+    def sample_weights(self, rows: list[dict]) -> list[float]:
+        counts = Counter(r["label"] for r in rows)
+        return [1.0 / counts[r["label"]] for r in rows]
 
 
 @register_task

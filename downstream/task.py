@@ -61,6 +61,10 @@ class Task:
         """The main metric of a system that ignores the audio."""
         raise NotImplementedError
 
+    def sample_weights(self, rows: list[dict]) -> list[float] | None:
+        """Training draw weights of ``rows``; None (the default) visits every row once an epoch."""
+        return None
+
     def check_rows(self, rows: list[dict], where: str) -> None:
         if not rows:
             raise ConfigError(f"task '{self.name}': no utterances in {where}")

@@ -147,7 +147,12 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------
 
     def fit(self, dataset, collate: Callable) -> dict[str, Any]:
-        """Train to ``cfg.max_steps`` (resuming from ``run_dir/last`` if present); returns the results."""
+        """Train to ``cfg.max_steps`` (resuming from ``run_dir/last`` if present); returns the results.
+
+        ``dataset`` has ``num_samples()`` (lengths, for duration batches) and may have
+        ``sample_weights()`` (a weight per item, or None): then each epoch draws items
+        with replacement in proportion to them.
+        """
         self.resume()
         if self.step >= self.cfg.max_steps:
             log.info("already at step %d of %d: nothing to train", self.step, self.cfg.max_steps)
@@ -197,8 +202,11 @@ class Trainer:
     def _micro_batches(self, dataset, collate):
         """``((epoch, batch index), batch on device)`` forever, from the saved data position."""
         max_samples = int(self.cfg.batch_seconds * SAMPLE_RATE)
+        # a dataset may weight its items (class-balanced keyword spotting): draws with replacement
+        weights = dataset.sample_weights() if hasattr(dataset, "sample_weights") else None
         order = epoch_batches(
-            dataset.num_samples(), max_samples, seed=self.cfg.seed, start_epoch=self.epoch, skip=self.batch_in_epoch
+            dataset.num_samples(), max_samples, seed=self.cfg.seed, start_epoch=self.epoch, skip=self.batch_in_epoch,
+            weights=weights,
         )
         positions = []
 
