@@ -133,7 +133,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-        self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
+        self.generator = torch.Generator(self.device).manual_seed(self.rank_seed)
         self.checkpoints = CheckpointManager(self.run_dir, cfg.keep)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: float | None = None
@@ -143,6 +143,11 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def rank_seed(self) -> int:
+        """This process's seed: the run's seed, told apart per DDP rank."""
+        return self.cfg.seed * 1000 + self.rank
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -219,7 +224,7 @@ class Trainer:
         # which from the global RNG would shift every dropout mask after a resume.
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=local_batches(), collate_fn=collate, num_workers=self.cfg.num_workers,
-            generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + self.rank),
+            generator=torch.Generator().manual_seed(self.rank_seed),
         )
         for batch in loader:
             yield positions.pop(0), to_device(batch, self.device)
@@ -346,7 +351,7 @@ class Trainer:
             self._set_rng_state(rng[self.rank])
         else:  # rank 0's global state; a fresh generator per rank, not replaying the first steps' draws
             torch.set_rng_state(rng[0]["cpu"])
-            self.generator.manual_seed(self.cfg.seed * 1000 + self.rank + 7919 * self.step)
+            self.generator.manual_seed(self.rank_seed + 7919 * self.step)
             log.warning(
                 "%s was written by %d process(es), this run has %d: resumed, but random draws "
                 "(masking, dropout) will not repeat those of an unbroken run", folder, state["world_size"],
