@@ -88,7 +88,8 @@ class DownstreamModel(nn.Module):
             return self.featurizer(self.upstream(batch["wavs"], batch["wav_lens"]))
         return self.featurizer(batch["hidden"], batch["lengths"])
 
-    def forward(self, batch: dict[str, torch.Tensor], generator=None):
+    def forward(self, batch: dict[str, torch.Tensor], *, step: int = 0, generator=None):
+        """The training protocol of :mod:`speechssl.objective`: ``(loss, logs)`` of a batch."""
         x, lengths = self.features(batch)
         return self.task.loss(self.head, x, lengths, batch)
 
@@ -152,7 +153,6 @@ def benchmark(
         cfg,
         run_dir,
         device=device,
-        loss_fn=lambda m, batch, generator: m(batch),
         evaluate=lambda m: {f"dev_{k}": v for k, v in evaluate(m, data["dev"], cfg.batch_seconds, device).items()},
         select=(metric, "max" if task.higher_is_better else "min"),
     )

@@ -4,6 +4,13 @@ Each command has a config ``configs/COMMAND.yaml`` and a function here that
 turns the resolved config into typed calls of the library; Hydra and DictConfig
 stop at this file. Every registered upstream's config dataclass is a structured
 config (``upstream_schema/NAME``), so ``upstream.KEY=VALUE`` is checked at start-up.
+
+A config dataclass may use the field types OmegaConf can hold: ``int``, ``float``,
+``bool``, ``str``, an ``Enum``, a nested dataclass, ``List[...]`` and
+``Dict[str, ...]`` of those (nested lists included, e.g. a conv spec as
+``List[List[int]]``), and ``Optional[...]`` of any of them; not ``Tuple``, not
+``Union``. An upstream whose dataclass breaks the rule is refused with a one-line
+error naming it and the field, when it is chosen; every other command still runs.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from speechssl.errors import ConfigError, SpeechSSLError
+
+# upstream name -> why its config dataclass cannot be a Hydra schema (see the module doc)
+SCHEMA_ERRORS: dict[str, str] = {}
 
 log = logging.getLogger("speechssl")
 
@@ -35,13 +45,23 @@ def upstream_from_config(cfg):
 
     from speechssl.registry import load_upstream
 
-    node = OmegaConf.to_container(cfg.upstream, resolve=True)
-    name, ckpt = node.pop("name"), node.pop("ckpt", None)
-    node.pop("trainable", None)
+    name, ckpt, node = upstream_node(cfg)
     if ckpt is not None:
         explicit = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
         node = {k: v for k, v in node.items() if f"upstream.{k}" in explicit}
     return load_upstream(name, ckpt=ckpt, **node)
+
+
+def upstream_node(cfg) -> tuple[str, Optional[str], dict]:
+    """``(name, ckpt, config overrides)`` of ``cfg.upstream``; an upstream without a valid schema is refused."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg.upstream, resolve=True)
+    name, ckpt = node.pop("name"), node.pop("ckpt", None)
+    node.pop("trainable", None)
+    if name in SCHEMA_ERRORS:
+        raise ConfigError(SCHEMA_ERRORS[name])
+    return name, ckpt, node
 
 
 def parse_layer(value, names: tuple[str, ...]) -> str | int:
@@ -75,12 +95,11 @@ def run_extract(cfg) -> int:
     return 0
 
 
-def dataset_from_config(cfg, max_seconds: float | None):
+def dataset_from_config(cfg):
     """The pretraining audio of ``cfg.data``: its ``pretrain`` manifest, else every audio file under ``root``."""
     from speechssl.data.dataset import AudioDataset
 
     root = Path(cfg.data.root)
-    max_samples = int(max_seconds * 16000) if max_seconds else None
     manifest = cfg.data.get("manifests", {}).get("pretrain", {}).get("train")
     if manifest:
         if not (root / manifest).exists():
@@ -88,10 +107,10 @@ def dataset_from_config(cfg, max_seconds: float | None):
                 f"{root / manifest}: no such manifest; make the corpus with "
                 f"`speechssl synth out={root} size=small` or set data.root=DIR"
             )
-        return AudioDataset.from_manifest(root / manifest, max_samples)
+        return AudioDataset.from_manifest(root / manifest)
     if not root.is_dir():
         raise ConfigError(f"data.root={root}: no such folder")
-    return AudioDataset.from_folder(root, max_samples)
+    return AudioDataset.from_folder(root)
 
 
 def run_synth(cfg) -> int:
@@ -105,17 +124,17 @@ def run_pretrain(cfg) -> int:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from speechssl.data.dataset import CropConfig
     from speechssl.pretrain import pretrain
     from speechssl.trainer import TrainerConfig
 
     trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
-    node = OmegaConf.to_container(cfg.upstream, resolve=True)
-    name = node.pop("name")
-    node.pop("ckpt", None)
-    node.pop("trainable", None)
+    crop = CropConfig(max_seconds=cfg.data.max_seconds, crop=cfg.data.crop)
+    crop.check()
+    name, _, node = upstream_node(cfg)
     run_dir = HydraConfig.get().runtime.output_dir
     results = pretrain(
-        name, dataset_from_config(cfg, trainer_cfg.max_seconds), trainer_cfg, run_dir, device=cfg.device, overrides=node
+        name, dataset_from_config(cfg), trainer_cfg, run_dir, crop=crop, device=cfg.device, overrides=node
     )
     log.info("done: step %s, loss %s; upstream checkpoint %s/last", results["step"], results["train_loss"], run_dir)
     return 0
@@ -190,14 +209,23 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
 
 
 def _register_schemas() -> None:
-    """Structured configs: the trainer's dataclass, and per upstream its dataclass plus ``name`` and ``ckpt``."""
-    from hydra.core.config_store import ConfigStore
+    """Structured configs: the trainer's and the crop's dataclasses, and per upstream its
+    dataclass plus ``name``, ``ckpt`` and ``trainable``.
 
+    An upstream whose dataclass OmegaConf rejects gets a loose node instead, and its
+    reason goes to :data:`SCHEMA_ERRORS`, so that only choosing it fails.
+    """
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from speechssl.data.dataset import CropConfig
     from speechssl.registry import get_entry, list_upstreams
     from speechssl.trainer import TrainerConfig
 
     store = ConfigStore.instance()
     store.store(group="trainer_schema", name="trainer", node=TrainerConfig)
+    store.store(group="data_schema", name="crop", node=CropConfig)
     for name in list_upstreams():
         entry = get_entry(name)
         schema = dataclasses.make_dataclass(
@@ -209,6 +237,18 @@ def _register_schemas() -> None:
             ],
             bases=(entry.config_cls,),
         )
+        try:
+            OmegaConf.structured(schema)
+        except OmegaConfBaseException as e:
+            field = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+            kind = next((f.type for f in dataclasses.fields(entry.config_cls) if f.name == field), "its type")
+            SCHEMA_ERRORS[name] = (
+                f"upstream '{name}': field '{field}' of {entry.config_cls.__name__} has type {kind}, which a Hydra "
+                "config cannot hold; use int, float, bool, str, List[...], Dict[str, ...] or Optional[...] "
+                "(a conv spec as List[List[int]], not tuples)"
+            )
+            store.store(group="upstream_schema", name=name, node={"name": name, "ckpt": None, "trainable": False})
+            continue
         store.store(group="upstream_schema", name=name, node=schema)
 
 

@@ -80,11 +80,9 @@ def extract(
                 utt_id, path, num_samples = items[i]
                 try:
                     wav = load_audio(path)
-                    if len(wav) < upstream.min_samples:
-                        raise AudioError(
-                            f"{path}: {len(wav)} samples, shorter than {upstream.name}'s receptive field "
-                            f"of {upstream.min_samples} samples"
-                        )
+                    problem = upstream.too_short(len(wav))
+                    if problem:
+                        raise AudioError(f"{path}: {len(wav)} samples, {problem}")
                     loaded.append((utt_id, path, wav))
                 except AudioError as e:
                     _skip(report, path, str(e))

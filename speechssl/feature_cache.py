@@ -88,11 +88,11 @@ class FeatureCache:
         An utterance cached from other audio (another file under the same id, or the
         same file rewritten) counts as not cached.
         """
-        short = [u for u in utterances if u["num_samples"] < self.upstream.min_samples]
+        short = [u for u in utterances if self.upstream.too_short(u["num_samples"])]
         if short:
             raise AudioError(
-                f"{len(short)} utterance(s) shorter than {self.upstream.name}'s receptive field of "
-                f"{self.upstream.min_samples} samples, e.g. {short[0]['path']} ({short[0]['num_samples']} samples)"
+                f"{len(short)} utterance(s) {self.upstream.too_short(short[0]['num_samples'])}, "
+                f"e.g. {short[0]['path']} ({short[0]['num_samples']} samples)"
             )
         sources = {u["id"]: audio_source(u) for u in utterances}
         todo = [u for u in utterances if self.index.get(u["id"], {}).get("source") != sources[u["id"]]]

@@ -9,13 +9,17 @@ code base recomputes a frame count by hand.
 - :func:`frames_centered`: windows centred on every ``hop``-th sample with the
   signal zero-padded by half a window on both sides (``torch.stft(center=True)``,
   librosa's default).
-- :func:`frames_conv_stack`: a stack of unpadded strided convolutions (the
-  wav2vec 2.0 / CPC feature encoders): :func:`frames_snip_edges` applied layer by layer.
+- :func:`frames_conv_stack`: a stack of strided convolutions (the wav2vec 2.0 /
+  CPC feature encoders), each unpadded or zero-padded on both sides:
+  :func:`frames_snip_edges` applied layer by layer to the padded length.
+
+:func:`crop_frame_labels` is the one rule that cuts frame labels in step with a
+cut of the audio.
 """
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
@@ -36,17 +40,44 @@ def frames_centered(num_samples: N, hop: int) -> N:
     return num_samples // hop + 1
 
 
-def frames_conv_stack(num_samples: N, layers: Sequence[tuple[int, int]]) -> N:
-    """Frames after unpadded convolutions given as ``(kernel, stride)`` pairs."""
-    for kernel, stride in layers:
-        num_samples = frames_snip_edges(num_samples, kernel, stride)
+def frames_conv_stack(num_samples: N, layers: Sequence[Sequence[int]]) -> N:
+    """Frames after convolutions given as ``(kernel, stride)`` or ``(kernel, stride, padding)``;
+    ``padding`` zeros on each side of a layer's input (0 when not given)."""
+    for kernel, stride, *padding in layers:
+        num_samples = frames_snip_edges(num_samples + 2 * (padding[0] if padding else 0), kernel, stride)
     return num_samples
 
 
-def receptive_field(layers: Sequence[tuple[int, int]]) -> int:
-    """Samples one output frame of a convolution stack sees (the minimum input for one frame)."""
-    field, jump = 1, 1
-    for kernel, stride in layers:
-        field += (kernel - 1) * jump
-        jump *= stride
-    return field
+def receptive_field(layers: Sequence[Sequence[int]]) -> int:
+    """The shortest input that gives one output frame of a convolution stack (its minimum input).
+
+    For unpadded layers this is the samples one output frame sees; padding lowers it.
+    """
+    need = 1
+    for kernel, stride, *padding in reversed(layers):
+        need = max(1, (need - 1) * stride + kernel - 2 * (padding[0] if padding else 0))
+    return need
+
+
+def crop_frame_labels(
+    labels: torch.Tensor, offset: int, num_samples: int, hop: int, num_frames: Callable[[int], int]
+) -> torch.Tensor:
+    """The frame labels of samples ``[offset, offset + num_samples)`` of an utterance.
+
+    ``labels`` (T,) has one label per frame of the whole utterance under the
+    model's frame rule ``num_frames`` (samples -> frames) with ``hop`` samples per
+    frame. ``offset`` must be a multiple of ``hop``: frame ``t`` of the cut then
+    covers the samples of frame ``offset // hop + t`` of the whole, for every rule
+    above (snipped, centred, conv stacks whose total stride is ``hop``), so the
+    cut's labels are ``labels[offset // hop :][: num_frames(num_samples)]``.
+    Raises ``ValueError`` if ``labels`` is too short for the cut.
+    """
+    if offset % hop:
+        raise ValueError(f"crop offset {offset} is not a multiple of the frame hop {hop}")
+    start, count = offset // hop, int(num_frames(num_samples))
+    if start + count > len(labels):
+        raise ValueError(
+            f"{len(labels)} frame labels, but samples [{offset}, {offset + num_samples}) need frames "
+            f"[{start}, {start + count})"
+        )
+    return labels[start : start + count]

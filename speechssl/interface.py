@@ -54,13 +54,21 @@ class Features:
 
 
 class Upstream(nn.Module):
-    """Base class of every upstream model.
+    """Base class of every upstream model: a front-end, then an encoder.
 
-    A subclass sets ``downsample_rate`` (samples per frame), ``hidden_sizes`` (D of
-    each hidden state) and ``min_samples`` (the shortest input that yields one frame:
-    its receptive field), implements :meth:`num_frames` with a rule from
-    :mod:`speechssl.frames`, and implements :meth:`encode`. Users call the module:
-    :meth:`forward` checks the inputs and zeroes the padding first.
+    The seam, as torchaudio separates ``feature_extractor`` and ``encoder``::
+
+        x, lengths = model.front_end(wavs, wav_lens)   # checked, padding zeroed, input frames (once)
+        feats = model.encoder(x, lengths)              # Features: hidden states, lengths, extra
+        feats = model(wavs, wav_lens)                  # encode(): the two composed
+
+    A pretraining objective composes them itself, with masking or targets in
+    between. A subclass sets ``downsample_rate`` (samples per frame) and
+    ``min_samples`` (the shortest input that yields one frame: its receptive
+    field), implements ``hidden_sizes``, :meth:`num_frames` with a rule from
+    :mod:`speechssl.frames`, :meth:`input_frames` (the model's own front-end on
+    checked waveforms: a filterbank, a learned conv stack) and :meth:`encoder`
+    (which zeroes the padding frames of every hidden state it returns).
     """
 
     name: str = ""  # set by speechssl.registry.register
@@ -84,15 +92,39 @@ class Upstream(nn.Module):
         """``(B,)`` samples -> ``(B,)`` frames."""
         raise NotImplementedError
 
-    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Features:
-        """The model proper, on checked inputs whose padding is zero."""
+    def input_frames(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked ``(B, S)`` waveforms with zero padding -> the encoder's input ``(B, T, D)``, ``(B,)`` frames."""
         raise NotImplementedError
+
+    def encoder(self, x: torch.Tensor, lengths: torch.Tensor) -> Features:
+        """The encoder's input ``(B, T, D)`` and ``(B,)`` frames -> :class:`Features` with zero padding."""
+        raise NotImplementedError
+
+    def front_end(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``wavs`` (B, S) or (S,) float at 16 kHz, ``wav_lens`` (B,) samples (None: full length)
+        -> the encoder's input ``(B, T, D)`` and ``(B,)`` frames. Checks the inputs and zeroes
+        the padding of the waveforms first, so no model sees what lies past an utterance's end."""
+        wavs, wav_lens = self.check_inputs(wavs, wav_lens)
+        wavs = wavs.masked_fill(~lengths_to_mask(wav_lens, wavs.shape[1]), 0.0)
+        return self.input_frames(wavs, wav_lens)
+
+    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> Features:
+        """:meth:`front_end`, then :meth:`encoder`."""
+        return self.encoder(*self.front_end(wavs, wav_lens))
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> Features:
         """``wavs`` (B, S) or (S,) float at 16 kHz; ``wav_lens`` (B,) samples, or None for full length."""
-        wavs, wav_lens = self.check_inputs(wavs, wav_lens)
-        wavs = wavs.masked_fill(~lengths_to_mask(wav_lens, wavs.shape[1]), 0.0)
         return self.encode(wavs, wav_lens)
+
+    def too_short(self, num_samples: int) -> str | None:
+        """Why an input of ``num_samples`` samples yields no frame, or None if it yields one.
+
+        The one receptive-field rule: :meth:`check_inputs`, extraction, the feature
+        cache and the pretraining data all ask it before any work.
+        """
+        if num_samples >= self.min_samples:
+            return None
+        return f"shorter than {self.name}'s receptive field of {self.min_samples} samples"
 
     def check_inputs(
         self, wavs: torch.Tensor, wav_lens: torch.Tensor | None
@@ -115,12 +147,18 @@ class Upstream(nn.Module):
         shortest, longest = torch.aminmax(wav_lens)
         if int(longest) > wavs.shape[1]:
             raise ValueError(f"{self.name}: wav_lens max {int(longest)} > {wavs.shape[1]} samples in wavs")
-        if int(shortest) < self.min_samples:
-            raise AudioError(
-                f"{self.name}: an utterance has {int(shortest)} samples, shorter than the model's "
-                f"receptive field of {self.min_samples} samples ({1000 * self.min_samples / 16000:.1f} ms)"
-            )
+        problem = self.too_short(int(shortest))
+        if problem:
+            raise AudioError(f"{self.name}: an utterance has {int(shortest)} samples, {problem}")
         return wavs, wav_lens
+
+
+def zero_padding(states: Sequence[torch.Tensor], lengths: torch.Tensor) -> list[torch.Tensor]:
+    """Each ``(B, T, ...)`` tensor with the frames past ``lengths`` set to zero."""
+    if not states:
+        return []
+    valid = lengths_to_mask(lengths, states[0].shape[1])
+    return [h.masked_fill(~valid.view(*valid.shape, *([1] * (h.dim() - 2))), 0) for h in states]
 
 
 class Featurizer(nn.Module):

@@ -1,5 +1,7 @@
-"""Pretraining: an upstream, its registered objective, a dataset, the trainer.
+"""Pretraining: an upstream, its registered objective, its data, the trainer.
 
+The objective says how its batch is made (:mod:`speechssl.objective`); the data
+config says how utterances are cut (:class:`speechssl.data.dataset.CropConfig`).
 Each checkpoint folder gets ``model.safetensors``, the upstream alone, so
 ``speechssl.load_upstream(name, ckpt=RUN_DIR/"last")`` loads the result.
 """
@@ -12,13 +14,14 @@ from typing import Any
 import torch
 
 from speechssl.checkpoint import save_upstream
-from speechssl.data.dataset import AudioDataset, collate_batch
+from speechssl.data.dataset import AudioDataset, CropConfig
 from speechssl.errors import ConfigError
 from speechssl.registry import build_upstream, get_entry, list_upstreams
 from speechssl.trainer import Trainer, TrainerConfig
 
 
 def pretrainable_upstreams() -> list[str]:
+    """Names of the registered upstreams that have a pretraining objective, sorted."""
     return [name for name in list_upstreams() if get_entry(name).objective is not None]
 
 
@@ -28,10 +31,11 @@ def pretrain(
     cfg: TrainerConfig,
     run_dir: str | os.PathLike,
     *,
+    crop: CropConfig | None = None,
     device: str = "cpu",
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Pretrain upstream ``name`` (config ``overrides``) on ``dataset`` into ``run_dir``; returns the results."""
+    """Pretrain upstream ``name`` (config ``overrides``) on ``dataset`` cut by ``crop`` into ``run_dir``."""
     entry = get_entry(name)
     if entry.objective is None:
         raise ConfigError(
@@ -39,8 +43,8 @@ def pretrain(
         )
     torch.manual_seed(cfg.seed)
     upstream = build_upstream(name, **(overrides or {}))
-    dataset = dataset.without_shorter_than(upstream.min_samples)
     objective = entry.objective(upstream)
+    dataset = dataset.for_model(upstream, objective, crop or CropConfig(), seed=cfg.seed)
     trainer = Trainer(objective, cfg, run_dir, device=device, export=lambda folder: save_upstream(upstream, folder))
-    results = trainer.fit(dataset, collate_batch)
+    results = trainer.fit(dataset, objective.collate)
     return {"upstream": name, **results}

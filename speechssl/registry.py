@@ -22,7 +22,7 @@ class UpstreamEntry:
     cls: type
     config_cls: type
     tiny: dict[str, Any] = field(default_factory=dict)  # overrides for a model small enough for tests
-    objective: type | None = None  # pretraining objective: objective_cls(upstream)(wavs, wav_lens, generator)
+    objective: type | None = None  # a speechssl.objective.Objective subclass, built as objective(upstream)
 
 
 _REGISTRY: dict[str, UpstreamEntry] = {}
@@ -39,9 +39,10 @@ def register(
 ) -> None:
     """Make ``cls`` loadable (and, with an ``objective``, pretrainable) as ``name``.
 
-    ``objective(upstream)`` is an ``nn.Module`` whose ``forward(wavs, wav_lens,
-    generator=None)`` returns ``(loss, logs)``: a scalar loss and a dict of
-    detached scalar tensors to log. ``tiny`` overrides give a test-sized model.
+    ``objective(upstream)`` is a :class:`speechssl.objective.Objective`: its
+    ``forward(batch, *, step, generator)`` returns ``(loss, logs)``, a scalar loss
+    and a dict of detached scalar tensors to log, and it says how its batch is
+    made. ``tiny`` overrides give a test-sized model.
     """
     if name in _REGISTRY and _REGISTRY[name].cls is not cls:
         raise ConfigError(f"upstream '{name}' registered twice ({_REGISTRY[name].cls} and {cls})")

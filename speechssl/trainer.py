@@ -1,7 +1,9 @@
 """One training loop for pretraining and downstream training.
 
 The loop reads top to bottom: draw the next global batch (dynamic, by padded
-duration), take this process's share, run ``loss_fn`` under autocast, accumulate,
+duration), take this process's share, call the objective under autocast
+(``model(batch, step=..., generator=...) -> (loss, logs)``, the one protocol of
+:mod:`speechssl.objective`, for pretraining and downstream training alike), accumulate,
 clip, step AdamW and the warm-up/decay schedule, log, checkpoint. A run folder
 holds everything: TensorBoard scalars (``tb/``), ``metrics.jsonl``, step
 checkpoints with ``last``/``best`` links, ``results.json``. A run started again
@@ -24,7 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List
 
 import torch
 import torch.distributed as dist
@@ -54,7 +56,6 @@ class TrainerConfig:
     clip_norm: float = 10.0  # 0 turns clipping off
     precision: str = "fp32"  # fp32 | bf16 (CUDA, or CPUs with bf16) | fp16 (CUDA)
     batch_seconds: float = 80.0  # padded audio per micro-batch, all processes together
-    max_seconds: Optional[float] = 15.0  # longer utterances are cut (pretraining)
     num_workers: int = 0
     log_every: int = 10
     save_every: int = 1000
@@ -89,21 +90,18 @@ def check_config(cfg: TrainerConfig, device: str) -> None:
     for key, low in at_least.items():
         if getattr(cfg, key) < low:
             raise ConfigError(f"trainer.{key}={getattr(cfg, key)}; expected at least {low}")
-    for key in ("batch_seconds", "max_seconds"):
-        value = getattr(cfg, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"trainer.{key}={value}; expected seconds > 0")
+    if cfg.batch_seconds <= 0:
+        raise ConfigError(f"trainer.batch_seconds={cfg.batch_seconds}; expected seconds > 0")
     if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
         raise ConfigError(f"trainer.betas={list(cfg.betas)}; expected two values in [0, 1)")
 
 
-def default_loss(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
-    """A pretraining objective's call: ``model(wavs, wav_lens, generator=...) -> (loss, logs)``."""
-    return model(batch["wavs"], batch["wav_lens"], generator=generator)
-
-
 class Trainer:
-    """Trains ``model`` (an objective or a head) with ``loss_fn(model, batch, generator) -> (loss, logs)``.
+    """Trains ``model``, an objective: ``model(batch, *, step, generator) -> (loss, logs)``.
+
+    ``step`` is the optimizer step being taken (every micro-batch of one update under
+    gradient accumulation sees the same), ``generator`` the trainer's own, saved with
+    each checkpoint.
 
     ``export(folder)`` writes extra files into each checkpoint folder (the upstream
     as ``model.safetensors``). ``evaluate(model) -> {name: value}`` runs at every
@@ -118,7 +116,6 @@ class Trainer:
         run_dir: str | os.PathLike,
         *,
         device: str = "cpu",
-        loss_fn: Callable = default_loss,
         export: Callable[[Path], None] | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
         select: tuple[str, str] = ("train_loss", "min"),
@@ -128,7 +125,7 @@ class Trainer:
         self.cfg, self.device = cfg, torch.device(device)
         self.run_dir = Path(run_dir)
         self.model = model.to(self.device)
-        self.loss_fn, self.export, self.evaluate, self.select = loss_fn, export, evaluate, select
+        self.export, self.evaluate, self.select = export, evaluate, select
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
@@ -156,7 +153,8 @@ class Trainer:
 
         ``dataset`` has ``num_samples()`` (lengths, for duration batches) and may have
         ``sample_weights()`` (a weight per item, or None): then each epoch draws items
-        with replacement in proportion to them.
+        with replacement in proportion to them. A dataset whose items depend on the
+        epoch (random crops) has ``item(index, epoch)``; others are indexed as usual.
         """
         self.resume()
         if self.step >= self.cfg.max_steps:
@@ -177,7 +175,7 @@ class Trainer:
                 position, batch = next(batches)
                 sync = micro == self.cfg.grad_accum - 1 or self.world_size == 1
                 with autocast, (contextlib.nullcontext() if sync else self.wrapped.no_sync()):
-                    loss, logs = self.loss_fn(self.wrapped, batch, self.generator)
+                    loss, logs = self.wrapped(batch, step=self.step, generator=self.generator)
                     self.scaler.scale(loss / self.cfg.grad_accum).backward()
                 for k, v in {"loss": loss.detach(), **logs}.items():
                     logs_sum[k] = logs_sum.get(k, 0.0) + v.float() / self.cfg.grad_accum
@@ -218,12 +216,12 @@ class Trainer:
         def local_batches():
             for epoch, index, batch in order:
                 positions.append((epoch, index))
-                yield shard(batch, self.rank, self.world_size) or batch[:1]
+                yield [(epoch, i) for i in shard(batch, self.rank, self.world_size) or batch[:1]]
 
         # Its own generator: the loader draws a worker base seed when its iterator starts,
         # which from the global RNG would shift every dropout mask after a resume.
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=local_batches(), collate_fn=collate, num_workers=self.cfg.num_workers,
+            _EpochItems(dataset), batch_sampler=local_batches(), collate_fn=collate, num_workers=self.cfg.num_workers,
             generator=torch.Generator().manual_seed(self.rank_seed),
         )
         for batch in loader:
@@ -371,6 +369,21 @@ class Trainer:
         self.generator.set_state(state["generator"])
         if "cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda"], self.device)
+
+
+class _EpochItems(torch.utils.data.Dataset):
+    """``dataset`` indexed by ``(epoch, index)``: ``dataset.item(index, epoch)`` where it has one."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.by_epoch = hasattr(dataset, "item")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        return self.dataset.item(index, epoch) if self.by_epoch else self.dataset[index]
 
 
 def to_device(batch, device):

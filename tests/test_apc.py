@@ -70,7 +70,8 @@ def test_parameter_count_and_outputs_match_s3prl_with_its_weights():
     x = torch.randn(2, 40, 80, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         predicted, last = theirs(x, torch.tensor([40, 40]), testing=True)
-        states, top, _ = upstream.transform(x)
+        feats = upstream.encoder(x, torch.tensor([40, 40]))
+        states, top = feats.hidden_states, upstream.top(feats)
     torch.testing.assert_close(states[-1], last, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(objective.postnet(top), predicted, atol=1e-5, rtol=1e-5)
 
@@ -79,7 +80,7 @@ def test_hidden_states_are_input_then_every_layer():
     model = tiny().eval()
     wavs, lens = signals.tones(2), torch.tensor([16000, 9000])
     feats = model(wavs, lens)
-    x, lengths = model.input_features(wavs, lens)
+    x, lengths = model.front_end(wavs, lens)
     assert model.hidden_sizes == [80, 64, 64] and len(feats.hidden_states) == 3
     assert feats.lengths.tolist() == [98, 54]
     with torch.no_grad():
@@ -100,12 +101,12 @@ def test_lstm_by_config():
 def test_loss_is_l1_n_frames_ahead_over_valid_frames_only():
     objective = APCObjective(tiny()).eval()
     assert objective.upstream.config.n_future == 5  # s3prl's pretrain/apc/config_model.yaml
-    x, lengths = objective.upstream.input_features(signals.tones(3), torch.tensor([16000, 12000, 7000]))
+    x, lengths = objective.upstream.front_end(signals.tones(3), torch.tensor([16000, 12000, 7000]))
     with torch.no_grad():
         loss, _ = objective.loss_on_features(x, lengths)
         errors = []
         for b, T in enumerate(lengths.tolist()):  # each utterance alone, by hand
-            _, top, _ = objective.upstream.transform(x[b : b + 1, :T])
+            top = objective.upstream.top(objective.upstream.encoder(x[b : b + 1, :T], lengths[b : b + 1]))
             errors.append((objective.postnet(top)[0, : T - 5] - x[b, 5:T]).abs().flatten())
         padded = objective.loss_on_features(F.pad(x, (0, 0, 0, 30), value=0.7), lengths)[0]
     torch.testing.assert_close(loss, torch.cat(errors).mean(), atol=1e-6, rtol=0)
@@ -121,7 +122,7 @@ def test_vq_codes_in_range_and_extra_outputs():
     assert 0 <= int(codes.min()) and int(codes.max()) < 32
     assert (codes[1, 54:] == 0).all()
     # The hidden states are the RNN outputs before quantization; layer 2 reads quantized_1.
-    x, _ = model.input_features(signals.tones(2), torch.tensor([16000, 9000]))
+    x, _ = model.front_end(signals.tones(2), torch.tensor([16000, 9000]))
     with torch.no_grad():
         h2 = model.rnns[1](feats.extra["quantized_1"][:1])[0] + feats.extra["quantized_1"][:1]
     torch.testing.assert_close(feats.hidden_states[2][0], h2[0])
@@ -141,18 +142,8 @@ def test_gumbel_vq_trains_through_straight_through_and_follows_its_generator():
     assert torch.equal(vq(x)[1], logits.argmax(-1))
 
 
-@pytest.mark.parametrize("name, ratio", [("apc", 0.6), ("vq_apc", 0.7)])  # the code bottleneck learns slower
-def test_loss_falls_on_a_fixed_batch(name, ratio):
-    objective = APCObjective(tiny(name)).train()
+def test_vq_apc_logs_the_code_perplexity_of_valid_frames():
+    objective = APCObjective(tiny("vq_apc")).train()
     wavs, lens = signals.tones(4, 1.0), torch.tensor([16000, 14000, 12000, 10000])
-    optimizer = torch.optim.Adam(objective.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss, logs = objective(wavs, lens, generator=torch.Generator().manual_seed(0))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert sum(losses[-5:]) / 5 < ratio * losses[0], losses
-    if name == "vq_apc":
-        assert 1 <= float(logs["ppx_2"]) <= 32
+    _, logs = objective({"wavs": wavs, "wav_lens": lens}, step=0, generator=torch.Generator().manual_seed(0))
+    assert 1 <= float(logs["ppx_2"]) <= 32 and set(logs) == {"l1", "ppx_2"}

@@ -92,7 +92,7 @@ def test_hidden_states_match_s3prl_with_its_weights():
         "input_norm.bias": theirs.input_representations.LayerNorm.bias,
     }
     for i, layer in enumerate(theirs.encoder.layer):
-        a, mine = layer.attention, f"encoder.layers.{i}."
+        a, mine = layer.attention, f"transformer.layers.{i}."
         for kind in ("weight", "bias"):
             qkv = [getattr(getattr(a.self, n), kind) for n in ("query", "key", "value")]
             state[mine + f"attention.qkv.{kind}"] = torch.cat(qkv)
@@ -105,7 +105,7 @@ def test_hidden_states_match_s3prl_with_its_weights():
     x = torch.randn(2, 50, 80, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = theirs(x, sinusoid_positions(50, 768)[None], torch.ones(2, 50))
-        got = ours.transform(x, torch.tensor([50, 50]))
+        got = ours.encoder(x, torch.tensor([50, 50])).hidden_states
     assert len(got) == len(expected) == 3
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
@@ -151,10 +151,10 @@ def test_hidden_states_are_input_then_every_layer():
     feats = model(wavs, torch.tensor([16000, 9000]))
     assert model.num_layers == 3 and len(feats.hidden_states) == 3
     assert feats.lengths.tolist() == [101, 57]
-    x, lengths = model.input_features(wavs, torch.tensor([16000, 9000]))
+    x, lengths = model.front_end(wavs, torch.tensor([16000, 9000]))
     with torch.no_grad():
         h0 = model.input_norm(model.input_projection(x) + sinusoid_positions(101, 64))
-        h1 = model.encoder.layers[0](h0, speechssl.interface.lengths_to_mask(lengths)[:, None, None])
+        h1 = model.transformer.layers[0](h0, speechssl.interface.lengths_to_mask(lengths)[:, None, None])
     torch.testing.assert_close(feats.hidden_states[0][0], h0[0])
     torch.testing.assert_close(feats.hidden_states[1][0], h1[0])
     assert (feats.hidden_states[2][1, 57:] == 0).all()
@@ -175,7 +175,7 @@ def test_dropout_only_when_training():
 def test_loss_is_l1_over_exactly_the_marked_elements():
     for name in ("mockingjay", "tera"):
         objective = MockingjayObjective(tiny(name)).eval()
-        x, lengths = objective.upstream.input_features(signals.tones(3), torch.tensor([16000, 12000, 7000]))
+        x, lengths = objective.upstream.front_end(signals.tones(3), torch.tensor([16000, 12000, 7000]))
         g = torch.Generator().manual_seed(1)
         loss, logs = objective.loss_on_features(x, lengths, generator=g)
         g = torch.Generator().manual_seed(1)
@@ -186,7 +186,7 @@ def test_loss_is_l1_over_exactly_the_marked_elements():
         with torch.no_grad():
             if config.noise_prob > 0:
                 x_masked = x_masked + objective._noise(x, lengths, g)
-            prediction = objective.head(objective.upstream.transform(x_masked, lengths)[-1])
+            prediction = objective.head(objective.upstream.encoder(x_masked, lengths).last)
         loss_mask = loss_mask.expand_as(x)
         expected = F.l1_loss(prediction.masked_select(loss_mask), x.masked_select(loss_mask))  # as s3prl
         torch.testing.assert_close(loss, expected)
@@ -195,7 +195,7 @@ def test_loss_is_l1_over_exactly_the_marked_elements():
 
 def test_loss_ignores_padding():
     objective = MockingjayObjective(tiny()).eval()
-    x, lengths = objective.upstream.input_features(signals.tones(2), torch.tensor([16000, 9000]))
+    x, lengths = objective.upstream.front_end(signals.tones(2), torch.tensor([16000, 9000]))
     x_masked, loss_mask = frame_mask(x, lengths, generator=torch.Generator().manual_seed(0))
     loss_mask = loss_mask.expand_as(x)
     with torch.no_grad():
@@ -212,24 +212,9 @@ def test_loss_ignores_padding():
 
 def test_tera_alters_channels_and_adds_noise():
     objective = MockingjayObjective(tiny("tera", noise_prob=1.0, mask_prob=0.0))
-    x, lengths = objective.upstream.input_features(signals.tones(2), torch.tensor([16000, 9000]))
+    x, lengths = objective.upstream.front_end(signals.tones(2), torch.tensor([16000, 9000]))
     g = torch.Generator().manual_seed(0)
     noise = objective._noise(x, lengths, g)
     assert (noise[1, 57:] == 0).all() and 0.15 < float(noise[0].std()) < 0.25
     loss, logs = objective.loss_on_features(x, lengths, torch.Generator().manual_seed(3))
     assert 0 < float(logs["masked_share"]) <= 16 / 80  # channel blocks only
-
-
-@pytest.mark.parametrize("name", ["mockingjay", "tera"])
-def test_loss_falls_on_a_fixed_batch(name):
-    objective = MockingjayObjective(tiny(name)).train()
-    wavs, lens = signals.tones(4, 1.0), torch.tensor([16000, 14000, 12000, 10000])
-    optimizer = torch.optim.Adam(objective.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(60):
-        loss, _ = objective(wavs, lens, generator=torch.Generator().manual_seed(0))  # the same masks each step
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses

@@ -79,12 +79,16 @@ class Items(torch.utils.data.Dataset):
 
 def test_the_trainer_draws_by_the_dataset_weights(tmp_path):
     seen = []
-    model = torch.nn.Linear(1, 1)
 
-    def loss_fn(model, batch, generator):
-        seen.extend(batch.tolist())
-        return model(batch.float()[:, None]).pow(2).mean(), {}
+    class Objective(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(1, 1)
 
-    cfg = TrainerConfig(max_steps=20, warmup_steps=1, batch_seconds=4, max_seconds=None, save_every=20, log_every=20)
-    Trainer(model, cfg, tmp_path, loss_fn=loss_fn).fit(Items(), torch.tensor)
+        def forward(self, batch, *, step, generator):
+            seen.extend(batch.tolist())
+            return self.linear(batch.float()[:, None]).pow(2).mean(), {}
+
+    cfg = TrainerConfig(max_steps=20, warmup_steps=1, batch_seconds=4, save_every=20, log_every=20)
+    Trainer(Objective(), cfg, tmp_path).fit(Items(), torch.tensor)
     assert len(seen) == 80 and all(i % 2 == 0 for i in seen)

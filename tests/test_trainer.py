@@ -35,9 +35,9 @@ def corpus(tmp_path_factory):
 
 
 def job(corpus, run_dir, max_steps=30, save_every=5, noise=0.1, sleep=0.0, nproc=1, wait=True, lr=1e-2, dropout=0.0,
-        die_at_step=0):
+        die_at_step=0, crop_seconds=0.0, workers=0):
     args = [str(corpus), str(run_dir), str(max_steps), str(save_every), str(noise), str(sleep), str(lr), str(dropout),
-            str(die_at_step)]
+            str(die_at_step), str(crop_seconds), str(workers)]
     if nproc == 1:
         cmd = [sys.executable, str(JOB), *args]
     else:
@@ -97,6 +97,18 @@ def test_sigkill_then_resume_matches_an_unbroken_run(corpus, tmp_path):
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no step logged twice after the resume
+
+
+def test_sigkill_with_random_crops_and_two_workers_resumes_exactly(corpus, tmp_path):
+    """Crops drawn from (seed, epoch, index) in the loader's worker processes repeat after a kill."""
+    common = dict(max_steps=20, noise=0.1, crop_seconds=0.25, workers=2)
+    job(corpus, tmp_path / "unbroken", **common)
+    job(corpus, tmp_path / "killed", die_at_step=13, **common)
+    assert torch.load(tmp_path / "killed" / "last" / "trainer_state.pt", weights_only=True)["step"] == 10
+    job(corpus, tmp_path / "killed", **common)
+    a, b = final_weights(tmp_path / "unbroken"), final_weights(tmp_path / "killed")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=0, rtol=0)
 
 
 @pytest.mark.slow

@@ -26,8 +26,9 @@ from torch import nn
 
 from speechssl import features
 from speechssl.frames import frames_snip_edges
-from speechssl.interface import Features, Upstream, lengths_to_mask
+from speechssl.interface import Features, Upstream, zero_padding
 from speechssl.masking import shift_targets
+from speechssl.objective import Objective
 from speechssl.registry import register
 from upstream.modules.quantizer import GumbelVQ
 
@@ -110,24 +111,20 @@ class APC(Upstream):
     def num_frames(self, wav_lens):
         return frames_snip_edges(wav_lens, features.WINDOW, features.HOP)
 
-    def input_features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def input_frames(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Checked ``(B, S)`` waveforms -> ``(B, T, num_mel_bins)`` normalised fbank, ``(B,)`` frames."""
-        wavs, wav_lens = self.check_inputs(wavs, wav_lens)
-        wavs = wavs.masked_fill(~lengths_to_mask(wav_lens, wavs.shape[1]), 0.0)
         with torch.no_grad():
             x, lengths = features.fbank(wavs, wav_lens, self.config.num_mel_bins)
             if self.config.cmvn:
                 x = features.cmvn(x, lengths)
         return x, lengths
 
-    def transform(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
-        """Features ``(B, T, num_mel_bins)`` -> (hidden states, top output ``(B, T, H)``, extra).
+    def encoder(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None) -> Features:
+        """Features ``(B, T, num_mel_bins)``, ``(B,)`` frames -> hidden states and VQ outputs (see class doc).
 
-        The top output is what the postnet reads: the last layer's output, or its
-        quantized version when a VQ layer follows it. No lengths are needed: every
-        operation is causal or per-frame.
+        Every operation is causal or per-frame, so padding never reaches a valid
+        frame; padding frames of the outputs are zeroed. ``generator`` draws the
+        Gumbel noise of VQ layers in training.
         """
         if x.dim() != 3 or x.shape[-1] != self.config.num_mel_bins:
             raise ValueError(f"apc: features must be (batch, frame, {self.config.num_mel_bins}), got shape {tuple(x.shape)}")
@@ -143,18 +140,15 @@ class APC(Upstream):
                 out, codes = self.quantizers[str(i + 1)](out, generator)
                 extra[f"codes_{i + 1}"], extra[f"quantized_{i + 1}"] = codes, out
             h = out
-        return states, h, extra
+        extra = dict(zip(extra, zero_padding(list(extra.values()), lengths)))
+        return Features(zero_padding(states, lengths), lengths, extra)
 
-    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Features:
-        x, lengths = self.input_features(wavs, wav_lens)
-        states, _, extra = self.transform(x)
-        valid = lengths_to_mask(lengths, x.shape[1])[..., None]  # (B, T, 1)
-        states = [h.masked_fill(~valid, 0.0) for h in states]
-        extra = {k: v.masked_fill(~valid, 0) for k, v in extra.items()}
-        return Features(states, lengths, extra)
+    def top(self, feats: Features) -> torch.Tensor:
+        """``(B, T, H)``: what the postnet reads, the last layer's output or its quantized version."""
+        return feats.extra.get(f"quantized_{self.config.num_layers}", feats.hidden_states[-1])
 
 
-class APCObjective(nn.Module):
+class APCObjective(Objective):
     """L1 between the postnet's prediction at frame ``t`` and frame ``t + n`` (APC eq. 1).
 
     Averaged over the ``(t, feature)`` pairs with ``t + n`` inside the utterance;
@@ -164,27 +158,26 @@ class APCObjective(nn.Module):
     """
 
     def __init__(self, upstream: APC) -> None:
-        super().__init__()
-        self.upstream = upstream
+        super().__init__(upstream)
         self.postnet = nn.Linear(upstream.config.hidden_size, upstream.config.num_mel_bins)
 
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, generator: torch.Generator | None = None):
-        """``wavs`` (B, S), ``wav_lens`` (B,) -> ``(loss, logs)``."""
-        x, lengths = self.upstream.input_features(wavs, wav_lens)
+    def forward(self, batch: dict, *, step: int = 0, generator: torch.Generator | None = None):
+        """``batch["wavs"]`` (B, S), ``batch["wav_lens"]`` (B,) -> ``(loss, logs)``."""
+        x, lengths = self.upstream.front_end(batch["wavs"], batch["wav_lens"])
         return self.loss_on_features(x, lengths, generator)
 
     def loss_on_features(
         self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Objective on normalised features ``x`` (B, T, D) with ``lengths`` (B,) frames."""
-        _, top, extra = self.upstream.transform(x, generator)
-        prediction = self.postnet(top).float()  # (B, T, D)
+        feats = self.upstream.encoder(x, lengths, generator)
+        prediction = self.postnet(self.upstream.top(feats)).float()  # (B, T, D)
         targets, valid = shift_targets(x, lengths, self.upstream.config.n_future)  # (B, T, D), (B, T)
         weights = valid[..., None].to(prediction.dtype)
         count = weights.sum() * x.shape[-1]
         loss = ((prediction - targets).abs() * weights).sum() / count.clamp(min=1.0)
         logs = {"l1": loss.detach()}
-        for key, codes in extra.items():
+        for key, codes in feats.extra.items():
             if key.startswith("codes_"):
                 logs[f"ppx_{key[len('codes_'):]}"] = _perplexity(codes, valid, self.upstream.config.codebook_size)
         return loss, logs

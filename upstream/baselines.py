@@ -39,14 +39,19 @@ class MelConfig:
 class _FrontEnd(Upstream):
     downsample_rate = features.HOP
 
-    def front_end(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def acoustic_features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The front-end's ``(B, T, D)`` features before CMVN, ``(B,)`` frames."""
         raise NotImplementedError
 
-    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Features:
-        feats, lengths = self.front_end(wavs, wav_lens)  # (B, T, D)
+    def input_frames(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, lengths = self.acoustic_features(wavs, wav_lens)  # (B, T, D)
         if self.config.cmvn:
             feats = features.cmvn(feats, lengths)
-        return Features([feats], lengths)
+        return feats, lengths
+
+    def encoder(self, x: torch.Tensor, lengths: torch.Tensor) -> Features:
+        """No encoder: the one hidden state is the front-end's output."""
+        return Features([x], lengths)
 
 
 class Fbank(_FrontEnd):
@@ -61,7 +66,7 @@ class Fbank(_FrontEnd):
     def num_frames(self, wav_lens):
         return frames_snip_edges(wav_lens, features.WINDOW, features.HOP)
 
-    def front_end(self, wavs, wav_lens):
+    def acoustic_features(self, wavs, wav_lens):
         return features.fbank(wavs, wav_lens, self.config.num_mel_bins)
 
 
@@ -77,7 +82,7 @@ class MFCC(_FrontEnd):
     def num_frames(self, wav_lens):
         return frames_snip_edges(wav_lens, features.WINDOW, features.HOP)
 
-    def front_end(self, wavs, wav_lens):
+    def acoustic_features(self, wavs, wav_lens):
         return features.mfcc(wavs, wav_lens, self.config.num_ceps, deltas=self.config.deltas)
 
 
@@ -93,7 +98,7 @@ class Mel(_FrontEnd):
     def num_frames(self, wav_lens):
         return frames_centered(wav_lens, features.HOP)
 
-    def front_end(self, wavs, wav_lens):
+    def acoustic_features(self, wavs, wav_lens):
         return features.log_mel(wavs, wav_lens, self.config.n_mels)
 
 

@@ -26,8 +26,9 @@ from torch import nn
 
 from speechssl import features
 from speechssl.frames import frames_centered, frames_snip_edges
-from speechssl.interface import Features, Upstream, lengths_to_mask
+from speechssl.interface import Features, Upstream, lengths_to_mask, zero_padding
 from speechssl.masking import frame_mask
+from speechssl.objective import Objective
 from speechssl.registry import register
 from upstream.modules.transformer import (
     ACTIVATIONS,
@@ -103,7 +104,7 @@ class Mockingjay(Upstream):
         self.input_projection = nn.Linear(config.num_mel_bins, H)
         self.input_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.input_dropout = nn.Dropout(config.dropout)
-        self.encoder = TransformerEncoder(
+        self.transformer = TransformerEncoder(
             H,
             config.num_layers,
             config.num_heads,
@@ -125,10 +126,8 @@ class Mockingjay(Upstream):
             return frames_centered(wav_lens, features.HOP)
         return frames_snip_edges(wav_lens, features.WINDOW, features.HOP)
 
-    def input_features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def input_frames(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Checked ``(B, S)`` waveforms -> ``(B, T, num_mel_bins)`` normalised features, ``(B,)`` frames."""
-        wavs, wav_lens = self.check_inputs(wavs, wav_lens)
-        wavs = wavs.masked_fill(~lengths_to_mask(wav_lens, wavs.shape[1]), 0.0)
         with torch.no_grad():
             if self.config.front_end == "log_mel":
                 x, lengths = features.log_mel(wavs, wav_lens, self.config.num_mel_bins)
@@ -138,8 +137,8 @@ class Mockingjay(Upstream):
                 x = features.cmvn(x, lengths)
         return x, lengths
 
-    def transform(self, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
-        """Features ``(B, T, num_mel_bins)`` and ``(B,)`` frames -> hidden states (see class doc)."""
+    def encoder(self, x: torch.Tensor, lengths: torch.Tensor) -> Features:
+        """Features ``(B, T, num_mel_bins)`` and ``(B,)`` frames -> hidden states (see class doc), zero padding."""
         if x.dim() != 3 or x.shape[-1] != self.config.num_mel_bins:
             raise ValueError(
                 f"mockingjay: features must be (batch, frame, {self.config.num_mel_bins}), got shape {tuple(x.shape)}"
@@ -147,16 +146,10 @@ class Mockingjay(Upstream):
         h = self.input_projection(x)  # (B, T, H)
         h = h + sinusoid_positions(x.shape[1], h.shape[-1], device=h.device, dtype=h.dtype)
         h = self.input_dropout(self.input_norm(h))
-        return self.encoder(h, lengths)
-
-    def encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Features:
-        x, lengths = self.input_features(wavs, wav_lens)
-        valid = lengths_to_mask(lengths, x.shape[1])[..., None]  # (B, T, 1)
-        states = [h.masked_fill(~valid, 0.0) for h in self.transform(x, lengths)]
-        return Features(states, lengths)
+        return Features(zero_padding(self.transformer(h, lengths), lengths), lengths)
 
 
-class MockingjayObjective(nn.Module):
+class MockingjayObjective(Objective):
     """Masked acoustic modelling: L1 reconstruction of the altered frames (Mockingjay eq. 1).
 
     The input features are altered by :func:`speechssl.masking.frame_mask` (and,
@@ -168,18 +161,17 @@ class MockingjayObjective(nn.Module):
     """
 
     def __init__(self, upstream: Mockingjay) -> None:
-        super().__init__()
+        super().__init__(upstream)
         config = upstream.config
-        self.upstream = upstream
         H, D = config.hidden_size, config.num_mel_bins
         self.head = nn.Sequential(
             nn.Linear(H, H), _Activation(config.activation), nn.LayerNorm(H, eps=config.layer_norm_eps), nn.Linear(H, D)
         )
         self.head.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor, generator: torch.Generator | None = None):
-        """``wavs`` (B, S), ``wav_lens`` (B,) -> ``(loss, logs)``."""
-        x, lengths = self.upstream.input_features(wavs, wav_lens)
+    def forward(self, batch: dict, *, step: int = 0, generator: torch.Generator | None = None):
+        """``batch["wavs"]`` (B, S), ``batch["wav_lens"]`` (B,) -> ``(loss, logs)``."""
+        x, lengths = self.upstream.front_end(batch["wavs"], batch["wav_lens"])
         return self.loss_on_features(x, lengths, generator)
 
     def loss_on_features(
@@ -204,7 +196,7 @@ class MockingjayObjective(nn.Module):
 
     def loss_on_masked(self, x_masked, loss_mask, target, lengths):
         """L1 over the ``loss_mask`` elements of ``target``, predicted from ``x_masked``."""
-        top = self.upstream.transform(x_masked, lengths)[-1]  # (B, T, H)
+        top = self.upstream.encoder(x_masked, lengths).last  # (B, T, H)
         prediction = self.head(top).float()  # (B, T, D)
         weights = loss_mask.to(prediction.dtype)
         count = weights.sum()

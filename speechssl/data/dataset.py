@@ -1,18 +1,47 @@
-"""Datasets of audio utterances for training: a list of files with their lengths."""
+"""Pretraining data: utterances of a manifest (or a folder), cut to ``data.max_seconds``.
+
+The data config owns the crop (:class:`CropConfig`): an utterance longer than
+``max_seconds`` is cut to it, from its start (``crop=first``) or from a random
+frame (``crop=random``, as fairseq crops wav2vec 2.0 and HuBERT batches). A
+random offset is a pure function of ``(seed, epoch, index)``, like the batch
+order, so a killed run resumes with the same crops, with or without workers.
+Manifest rows keep their columns; frame-label columns are cut in step with the
+audio by :func:`speechssl.frames.crop_frame_labels`.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
+import numpy as np
 import torch
 
-from speechssl.data.audio import collate, find_audio, load_audio, resampled_length
+from speechssl.data.audio import find_audio, load_audio, resampled_length
 from speechssl.data.manifest import read_manifest
 from speechssl.errors import ConfigError
+from speechssl.frames import crop_frame_labels
 
 log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+CROPS = ("first", "random")
+
+
+@dataclass
+class CropConfig:
+    """How pretraining cuts long utterances (``data.max_seconds``, ``data.crop``)."""
+
+    max_seconds: Optional[float] = 15.0  # null: never cut
+    crop: Optional[str] = None  # first | random; null: the objective's own choice (Objective.crop)
+
+    def check(self) -> None:
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError(f"data.max_seconds={self.max_seconds}; expected seconds > 0 or null")
+        if self.crop is not None and self.crop not in CROPS:
+            raise ConfigError(f"data.crop={self.crop!r}; expected one of {', '.join(CROPS)}")
 
 
 @dataclass
@@ -20,20 +49,47 @@ class Utterance:
     id: str
     path: Path
     num_samples: int  # at 16 kHz
+    offset: int = 0  # first sample of the utterance in its file (a manifest's ``offset`` column)
+    columns: dict[str, str] = field(default_factory=dict)  # the manifest's other columns
+
+
+@dataclass(frozen=True)
+class FrameRule:
+    """An upstream's frames: ``hop`` samples apart, ``num_frames(samples) -> frames`` (an int for an int)."""
+
+    hop: int
+    num_frames: Callable[[int], int]
 
 
 class AudioDataset(torch.utils.data.Dataset):
-    """Waveforms of ``utterances``, cut to at most ``max_samples`` (the first samples).
+    """Waveforms of ``utterances``, each cut to at most ``max_samples``.
 
-    ``dataset[i]`` is a 1-D float32 tensor; :func:`collate_batch` makes the
-    ``{"wavs", "wav_lens"}`` batch every pretraining objective takes.
+    ``dataset.item(i, epoch)`` is a dict: ``id``, ``wav`` (1-D float32), ``crop_offset``
+    (the cut's first sample within the utterance), every column in ``columns`` as a
+    string, and each of ``frame_labels`` as an int64 tensor of the cut's frames.
+    Random offsets are multiples of the frame hop, so frame labels stay aligned.
+    ``dataset[i]`` is ``item(i, epoch=0)``. An objective's ``collate`` makes batches.
     """
 
-    def __init__(self, utterances: list[Utterance], max_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        utterances: list[Utterance],
+        max_samples: int | None = None,
+        *,
+        crop: str = "first",
+        seed: int = 0,
+        columns: tuple[str, ...] = (),
+        frame_labels: tuple[str, ...] = (),
+        frames: FrameRule | None = None,
+    ) -> None:
         if not utterances:
             raise ConfigError("the training set is empty")
-        self.utterances = utterances
-        self.max_samples = max_samples
+        if crop not in CROPS:
+            raise ConfigError(f"crop={crop!r}; expected one of {', '.join(CROPS)}")
+        if frame_labels and frames is None:
+            raise ValueError("frame labels need the upstream's frame rule")
+        self.utterances, self.max_samples, self.crop, self.seed = utterances, max_samples, crop, seed
+        self.columns, self.frame_labels, self.frames = tuple(columns), tuple(frame_labels), frames
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -43,39 +99,89 @@ class AudioDataset(torch.utils.data.Dataset):
         cap = self.max_samples or max(u.num_samples for u in self.utterances)
         return [min(u.num_samples, cap) for u in self.utterances]
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        wav = load_audio(self.utterances[i].path)
-        return wav[: self.max_samples] if self.max_samples else wav
+    def window(self, index: int, epoch: int) -> tuple[int, int]:
+        """``(offset, samples)`` of utterance ``index``'s cut in ``epoch``: a pure function of (seed, epoch, index)."""
+        n = self.utterances[index].num_samples
+        if self.max_samples is None or n <= self.max_samples:
+            return 0, n
+        if self.crop == "first":
+            return 0, self.max_samples
+        hop = self.frames.hop if self.frames is not None else 1
+        choices = (n - self.max_samples) // hop + 1
+        draw = np.random.default_rng([self.seed, epoch, index]).integers(choices)
+        return int(draw) * hop, self.max_samples
 
-    def without_shorter_than(self, min_samples: int) -> "AudioDataset":
-        """The same dataset less the utterances under ``min_samples`` (too short for a model's receptive field)."""
-        kept = [u for u in self.utterances if u.num_samples >= min_samples]
-        if len(kept) == len(self.utterances):
-            return self
-        dropped = [u for u in self.utterances if u.num_samples < min_samples]
-        log.warning(
-            "%d utterance(s) shorter than %d samples left out (the model's receptive field), e.g. %s",
-            len(dropped), min_samples, ", ".join(str(u.path) for u in dropped[:3]),
-        )
+    def item(self, index: int, epoch: int) -> dict:
+        u = self.utterances[index]
+        offset, samples = self.window(index, epoch)
+        wav = load_audio(u.path)[u.offset + offset : u.offset + offset + samples]
+        item = {"id": u.id, "wav": wav, "crop_offset": offset}
+        for column in self.columns:
+            item[column] = u.columns[column]
+        for column in self.frame_labels:
+            labels = torch.tensor([int(v) for v in u.columns[column].split()], dtype=torch.long)
+            try:
+                item[column] = crop_frame_labels(labels, offset, len(wav), self.frames.hop, self.frames.num_frames)
+            except ValueError as e:
+                raise ConfigError(f"{u.path} ({u.id}): column '{column}': {e}") from None
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        return self.item(index, epoch=0)
+
+    def for_model(self, upstream, objective, crop: CropConfig, seed: int) -> "AudioDataset":
+        """This dataset as ``objective`` (on ``upstream``) trains on it: cut by ``crop``, with
+        the columns the objective asks for, less the utterances too short for the upstream."""
+        crop.check()
+        wanted = tuple(dict.fromkeys((*objective.columns, *objective.frame_labels)))
+        missing = [c for c in wanted if c not in self.utterances[0].columns]
+        if missing:
+            raise ConfigError(
+                f"{type(objective).__name__} needs manifest column(s) {', '.join(missing)}; the training set "
+                f"has {', '.join(self.utterances[0].columns) or 'none besides id, path, num_samples'}"
+            )
+        kept = [u for u in self.utterances if not upstream.too_short(u.num_samples)]
+        if len(kept) < len(self.utterances):
+            dropped = [u for u in self.utterances if upstream.too_short(u.num_samples)]
+            log.warning(
+                "%d utterance(s) left out, %s: e.g. %s", len(dropped), upstream.too_short(dropped[0].num_samples),
+                ", ".join(str(u.path) for u in dropped[:3]),
+            )
         if not kept:
-            raise ConfigError(f"every utterance of the training set is shorter than {min_samples} samples")
-        return AudioDataset(kept, self.max_samples)
+            raise ConfigError(f"every utterance of the training set is {upstream.too_short(0)}")
+        return replace_dataset(
+            self,
+            utterances=kept,
+            max_samples=int(crop.max_seconds * SAMPLE_RATE) if crop.max_seconds else None,
+            crop=crop.crop or objective.crop,
+            seed=seed,
+            columns=tuple(c for c in objective.columns if c not in objective.frame_labels),
+            frame_labels=tuple(objective.frame_labels),
+            frames=FrameRule(upstream.downsample_rate, upstream.num_frames),
+        )
 
     @classmethod
     def from_folder(cls, root: str | Path, max_samples: int | None = None) -> "AudioDataset":
         """Every audio file under ``root`` (recursive); lengths read from the headers."""
-        utterances = []
-        for utt_id, path in find_audio(root):
-            utterances.append(Utterance(utt_id, path, resampled_length(path)))
-        return cls(utterances, max_samples)
+        return cls([Utterance(utt_id, path, resampled_length(path)) for utt_id, path in find_audio(root)], max_samples)
 
     @classmethod
     def from_manifest(cls, path: str | Path, max_samples: int | None = None) -> "AudioDataset":
-        """The utterances of a TSV manifest (:mod:`speechssl.data.manifest`)."""
-        rows = read_manifest(path)
-        return cls([Utterance(r["id"], Path(r["path"]), r["num_samples"]) for r in rows], max_samples)
+        """The utterances of a TSV manifest (:mod:`speechssl.data.manifest`), with all their columns."""
+        utterances = []
+        for row in read_manifest(path):
+            columns = {k: v for k, v in row.items() if k not in ("id", "path", "num_samples", "offset")}
+            offset = int(row.get("offset") or 0)
+            utterances.append(Utterance(row["id"], Path(row["path"]), row["num_samples"], offset, columns))
+        return cls(utterances, max_samples)
 
 
-def collate_batch(wavs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    batch, lens = collate(wavs)
-    return {"wavs": batch, "wav_lens": lens}
+def replace_dataset(dataset: AudioDataset, **changes) -> AudioDataset:
+    """A copy of ``dataset`` with some of its constructor arguments changed."""
+    args = dict(
+        utterances=dataset.utterances, max_samples=dataset.max_samples, crop=dataset.crop, seed=dataset.seed,
+        columns=dataset.columns, frame_labels=dataset.frame_labels, frames=dataset.frames,
+    )
+    args.update(changes)
+    utterances = args.pop("utterances")
+    return AudioDataset(utterances, **args)
