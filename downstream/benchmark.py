@@ -6,14 +6,16 @@
    upstream instead and runs it on every batch (no cache).
 3. The :class:`Trainer` trains Featurizer + head, evaluates on dev at every
    checkpoint and keeps the best one (``best``) by the task's metric.
-4. The best checkpoint is scored on test; ``results.json`` gets everything the
-   report needs.
+4. The best checkpoint is scored on test; ``test_outcomes.tsv`` gets each test
+   utterance's outcome, ``results.json`` everything the report needs, 95% bootstrap
+   intervals of the test metrics among it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from downstream.task import Task, get_task
+from speechssl.bootstrap import bootstrap_interval, write_outcomes
 from speechssl.checkpoint import TRAIN_WEIGHTS, atomic_write
 from speechssl.data.audio import collate
 from speechssl.data.manifest import load_utterance
@@ -32,6 +35,7 @@ from speechssl.interface import Featurizer, Upstream
 from speechssl.trainer import Trainer, TrainerConfig, to_device
 
 SPLITS = ("train", "dev", "test")
+OUTCOMES_FILE = "test_outcomes.tsv"  # one line per test utterance: id, then the task's outcome counts
 
 
 class CachedFeatures(torch.utils.data.Dataset):
@@ -94,8 +98,8 @@ class DownstreamModel(nn.Module):
         return self.task.loss(self.head, x, lengths, batch)
 
 
-def evaluate(model: DownstreamModel, dataset, batch_seconds: float, device) -> dict[str, float]:
-    """The task's metrics of ``model`` on ``dataset``."""
+def predict(model: DownstreamModel, dataset, batch_seconds: float, device) -> list:
+    """The task's prediction for every item of ``dataset``, in its order."""
     predictions: list = [None] * len(dataset)
     model.eval()
     with torch.no_grad():
@@ -105,7 +109,12 @@ def evaluate(model: DownstreamModel, dataset, batch_seconds: float, device) -> d
             x, lengths = model.features(batch)
             for i, p in zip(batch_ids, model.task.predict(model.head, x, lengths)):
                 predictions[i] = p
-    return model.task.score(predictions, model.task.references(dataset.rows))
+    return predictions
+
+
+def evaluate(model: DownstreamModel, dataset, batch_seconds: float, device) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``dataset``."""
+    return model.task.score(predict(model, dataset, batch_seconds, device), model.task.references(dataset.rows))
 
 
 def benchmark(
@@ -120,18 +129,39 @@ def benchmark(
     cache_dtype: torch.dtype = torch.float16,
     layer: str | int = "weighted",
     trainable: bool = False,
+    normalize: bool = True,
+    threads: int | None = None,
+    metric: str | None = None,
     device: str = "cpu",
     info: dict[str, Any] | None = None,
+    init: str = "pretrained",
+    init_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Train and score ``task_name`` on ``upstream`` with ``rows[split]``; returns (and writes) the results."""
+    """Train and score ``task_name`` on ``upstream`` with ``rows[split]``; returns (and writes) the results.
+
+    ``init="random"`` marks a random-init control (``upstream`` untrained, its weights
+    drawn from ``init_seed``): it goes into ``results.json`` and the run folder's identity.
+
+    ``normalize``: the Featurizer standardises each hidden state per dimension with
+    statistics of the training set (frozen upstreams only). ``threads``: torch's
+    intra-op threads while the head trains (the upstream fills the cache with the
+    process's setting); small heads run faster on one thread (benchmarks/RESULTS.md).
+    ``metric``: another of the task's metrics to select on dev and report (ASR's ``cer``
+    on a corpus too small to learn words), instead of its main one.
+    """
     run_dir = Path(run_dir)
     task = get_task(task_name)
+    if metric is not None and metric != task.metric:
+        if metric not in task.ratios:
+            raise ConfigError(f"task '{task_name}' has no metric '{metric}'; it has {', '.join(task.ratios)}")
+        task.metric = metric
     for split in SPLITS:
         task.check_rows(rows[split], f"the {split} split of corpus '{corpus}'")
     task.fit(rows["train"])
     run_dir.mkdir(parents=True, exist_ok=True)
     _claim_run_dir(run_dir, {"upstream": upstream.name, "weights": upstream_fingerprint(upstream, torch.float32),
-                             "task": task_name, "corpus": corpus, "trainable": trainable})
+                             "task": task_name, "corpus": corpus, "trainable": trainable,
+                             **({"init": init, "init_seed": init_seed} if init != "pretrained" else {})})
     atomic_write(run_dir / "labels.json", lambda tmp: Path(tmp).write_text(json.dumps(task.state())))
 
     torch.manual_seed(cfg.seed)
@@ -144,7 +174,12 @@ def benchmark(
         for split in SPLITS:
             cache.fill(rows[split])
         data = {s: CachedFeatures(rows[s], cache, task) for s in SPLITS}
-    featurizer = Featurizer(upstream, layer)
+    normalize = normalize and not trainable
+    featurizer = Featurizer(upstream, layer, normalize=normalize)
+    if normalize:
+        featurizer.set_statistics(*feature_statistics(data["train"], featurizer.states()))
+    if threads:
+        torch.set_num_threads(threads)
     model = DownstreamModel(featurizer, task.head(featurizer.output_size), task, upstream if trainable else None)
 
     metric = f"dev_{task.metric}"
@@ -160,7 +195,11 @@ def benchmark(
 
     model.load_state_dict(load_file(str(run_dir / "best" / TRAIN_WEIGHTS)))
     dev = evaluate(model, data["dev"], cfg.batch_seconds, device)
-    test = evaluate(model, data["test"], cfg.batch_seconds, device)
+    test_predictions = predict(model, data["test"], cfg.batch_seconds, device)
+    references = task.references(rows["test"])
+    test = task.score(test_predictions, references)
+    outcomes = task.outcomes(test_predictions, references)
+    write_outcomes(run_dir / OUTCOMES_FILE, [r["id"] for r in rows["test"]], outcomes)
     results = {
         "kind": "benchmark",
         **(info or {}),
@@ -173,13 +212,32 @@ def benchmark(
         "lr": cfg.lr,
         "dev": dev,
         "test": test,
+        # 95% percentile-bootstrap intervals over the test utterances, from the outcomes in OUTCOMES_FILE
+        "test_interval": {m: list(bootstrap_interval(outcomes, ratio)) for m, ratio in task.ratios.items()},
+        "test_outcomes": OUTCOMES_FILE,
+        "outcome_ratios": {m: ratio.as_json() for m, ratio in task.ratios.items()},
         "layer": layer,
         "layer_weights": featurizer.layer_weights().tolist(),
         "step": trained["step"],
         "trainable": trainable,
+        "init": init,
+        "init_seed": init_seed,
     }
     atomic_write(run_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     return results
+
+
+def feature_statistics(dataset: CachedFeatures, states: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension ``(len(states), D)`` means and standard deviations of hidden ``states`` over
+    every valid frame of ``dataset`` (read from the cache, accumulated in float64)."""
+    total, squares, frames = 0.0, 0.0, 0
+    for row in dataset.rows:
+        hidden = dataset.cache.load(row["id"])
+        x = torch.stack([hidden[i].double() for i in states])  # (L, T, D)
+        total, squares, frames = total + x.sum(dim=1), squares + x.pow(2).sum(dim=1), frames + x.shape[1]
+    means = total / frames
+    stds = (squares / frames - means.pow(2)).clamp(min=0).sqrt()
+    return means.float(), stds.float()
 
 
 def _claim_run_dir(run_dir: Path, identity: dict[str, Any]) -> None:
@@ -199,3 +257,32 @@ def _claim_run_dir(run_dir: Path, identity: dict[str, Any]) -> None:
             )
         return
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(identity)))
+
+
+def benchmark_grid(
+    upstream: Upstream,
+    task_name: str,
+    rows: dict[str, list[dict]],
+    cfg: TrainerConfig,
+    lrs: list[float],
+    run_dir: str | os.PathLike,
+    **options: Any,
+) -> dict[str, Any]:
+    """:func:`benchmark` once per learning rate in ``lrs`` (into ``run_dir/lr<lr>``), as SUPERB
+    chooses the rate on dev; returns the chosen run's results and writes ``run_dir/grid.json``
+    (each rate's dev and test scores, the chosen rate). The cache is filled by the first run only.
+    """
+    if not lrs:
+        raise ConfigError("an empty learning-rate grid; set optim.grid=[...] or optim.lr=...")
+    run_dir = Path(run_dir)
+    lrs = sorted(set(lrs))  # ties go to the lowest rate, as the report breaks them
+    runs = [benchmark(upstream, task_name, rows, replace(cfg, lr=lr), run_dir / f"lr{lr:g}", **options) for lr in lrs]
+    metric, sign = runs[0]["metric"], 1 if runs[0]["higher_is_better"] else -1
+    chosen = max(runs, key=lambda r: sign * r["dev"][metric])  # max keeps the first of ties
+    grid = {
+        "metric": metric,
+        "chosen_lr": chosen["lr"],
+        "runs": [{"lr": r["lr"], "dev": r["dev"][metric], "test": r["test"][metric]} for r in runs],
+    }
+    atomic_write(run_dir / "grid.json", lambda tmp: Path(tmp).write_text(json.dumps(grid, indent=2)))
+    return {**chosen, "grid": grid}

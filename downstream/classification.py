@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from downstream.heads import UtteranceClassifier
 from downstream.task import Task, register_task
+from speechssl.bootstrap import Ratio
 
 
 class UtteranceClassification(Task):
@@ -20,6 +21,7 @@ class UtteranceClassification(Task):
 
     metric = "accuracy"
     higher_is_better = True
+    ratios = {"accuracy": Ratio("correct")}  # the mean of 0/1 flags
 
     def fit(self, rows: list[dict]) -> None:
         self.check_rows(rows, "the training set")
@@ -54,6 +56,9 @@ class UtteranceClassification(Task):
     def score(self, predictions: list, references: list) -> dict[str, float]:
         right = [p == r for p, r in zip(predictions, references)]
         return {"accuracy": sum(right) / max(1, len(right))}
+
+    def outcomes(self, predictions: list, references: list) -> list[dict[str, int]]:
+        return [{"correct": int(p == r)} for p, r in zip(predictions, references)]
 
     def chance(self, train_rows: list[dict], test_rows: list[dict]) -> float:
         """Accuracy of always answering the most frequent training label (combination)."""

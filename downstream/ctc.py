@@ -2,7 +2,9 @@
 
 PR: phones (the manifest's space-separated ``phones``) from a linear head, phone
 error rate. ASR: characters of ``text`` from a 2-layer BiLSTM head, word error
-rate. Token 0 is the CTC blank.
+rate. Token 0 is the CTC blank. An utterance's outcome is its edit errors and its
+reference length, from jiwer's alignment of that pair; their sums are jiwer's
+corpus counts, so ``sum(errors) / sum(length)`` is the corpus error rate exactly.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 
 from downstream.heads import CTCHead, ctc_greedy_decode
 from downstream.task import Task, register_task
+from speechssl.bootstrap import Ratio
 
 BLANK = "<blank>"
 
@@ -75,6 +78,7 @@ class PhonemeRecognition(CTCTask):
     name = "pr"
     columns = ("phones",)
     metric = "per"
+    ratios = {"per": Ratio("phone_errors", "phones")}
 
     def tokens(self, row: dict) -> list[str]:
         return row["phones"].split()
@@ -85,6 +89,9 @@ class PhonemeRecognition(CTCTask):
     def score(self, predictions: list, references: list) -> dict[str, float]:
         return {"per": jiwer.wer(references, predictions)}
 
+    def outcomes(self, predictions: list, references: list) -> list[dict[str, int]]:
+        return [{"phone_errors": e, "phones": n} for e, n in edit_counts(jiwer.process_words(references, predictions))]
+
 
 @register_task
 class SpeechRecognition(CTCTask):
@@ -93,6 +100,7 @@ class SpeechRecognition(CTCTask):
     name = "asr"
     columns = ("text",)
     metric = "wer"
+    ratios = {"wer": Ratio("word_errors", "words"), "cer": Ratio("char_errors", "chars")}
     lstm_layers = 2
     SPACE = "|"
 
@@ -105,3 +113,19 @@ class SpeechRecognition(CTCTask):
     def score(self, predictions: list, references: list) -> dict[str, float]:
         # jiwer rejects empty references; a hypothesis may be empty
         return {"wer": jiwer.wer(references, predictions), "cer": jiwer.cer(references, predictions)}
+
+    def outcomes(self, predictions: list, references: list) -> list[dict[str, int]]:
+        words = edit_counts(jiwer.process_words(references, predictions))
+        chars = edit_counts(jiwer.process_characters(references, predictions))
+        return [{"word_errors": we, "words": wn, "char_errors": ce, "chars": cn}
+                for (we, wn), (ce, cn) in zip(words, chars)]
+
+
+def edit_counts(alignment) -> list[tuple[int, int]]:
+    """``(substitutions + deletions + insertions, reference length)`` per sentence of a jiwer alignment output."""
+    counts = []
+    for reference, chunks in zip(alignment.references, alignment.alignments):
+        errors = sum(c.hyp_end_idx - c.hyp_start_idx if c.type == "insert" else c.ref_end_idx - c.ref_start_idx
+                     for c in chunks if c.type != "equal")
+        counts.append((errors, len(reference)))
+    return counts

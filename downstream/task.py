@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from speechssl.bootstrap import Ratio
 from speechssl.errors import ConfigError
 
 
@@ -21,12 +22,16 @@ class Task:
     ``fit(train_rows)`` learns the label vocabulary; ``encode(row)`` turns a row into
     the label tensor(s) ``collate`` batches; ``head(dim)`` builds the head;
     ``loss(head, x, lengths, labels)`` and ``predict``/``score`` do the rest.
+    ``outcomes(predictions, references)`` gives one record of integer counts per
+    utterance, from which ``ratios`` recompute every metric of ``score`` exactly
+    (the confidence intervals of :mod:`speechssl.bootstrap` resample them).
     """
 
     name: str = ""
     columns: tuple[str, ...] = ()  # manifest columns this task needs
     metric: str = ""  # the main metric, reported on test and used for model selection on dev
     higher_is_better: bool = True
+    ratios: dict[str, Ratio] = {}  # metric -> the ratio of summed outcome columns it is
 
     def fit(self, rows: list[dict]) -> None:
         raise NotImplementedError
@@ -56,6 +61,14 @@ class Task:
 
     def score(self, predictions: list, references: list) -> dict[str, float]:
         raise NotImplementedError
+
+    def outcomes(self, predictions: list, references: list) -> list[dict[str, int]]:
+        """One record of integer counts per utterance (``ratios`` name its columns)."""
+        raise NotImplementedError
+
+    def metric_from_outcomes(self, outcomes: list[dict[str, int]], metric: str | None = None) -> float:
+        """``metric`` (default: the main one) of the utterances of ``outcomes``: equal to ``score``'s."""
+        return self.ratios[metric or self.metric](outcomes)
 
     def chance(self, train_rows: list[dict], test_rows: list[dict]) -> float:
         """The main metric of a system that ignores the audio."""

@@ -31,6 +31,7 @@ log = logging.getLogger("speechssl")
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CACHE_DTYPES = ("float16", "float32")
+INITS = ("pretrained", "random")  # benchmark init=: the upstream's weights, or the random-init control
 
 
 def upstream_from_config(cfg):
@@ -39,17 +40,38 @@ def upstream_from_config(cfg):
     Without a checkpoint every key of the node configures the model. With one, the
     config saved in the checkpoint is used, and only keys set on the command line
     (``upstream.KEY=VALUE``) override it: the YAML's defaults must not.
+    ``init=random`` (see :func:`init_from_config`) builds that same config untrained,
+    its weights drawn from ``init_seed``; the checkpoint's weights are not read.
     """
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
-    from speechssl.registry import load_upstream
+    from speechssl.registry import load_upstream, random_upstream
 
+    init, seed = init_from_config(cfg)
     name, ckpt, node = upstream_node(cfg)
     if ckpt is not None:
         explicit = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
         node = {k: v for k, v in node.items() if f"upstream.{k}" in explicit}
-    return load_upstream(name, ckpt=ckpt, **node)
+    if init == "random":
+        return random_upstream(name, seed=seed, ckpt=ckpt, **node)
+    model = load_upstream(name, ckpt=ckpt, **node)
+    if ckpt is None and next(model.parameters(), None) is not None:
+        log.warning("upstream '%s' has no upstream.ckpt: its weights are untrained and unseeded; init=random "
+                    "makes a labelled control with weights from init_seed", name)
+    return model
+
+
+def init_from_config(cfg) -> tuple[str, Optional[int]]:
+    """``(init, seed)``: ``init=pretrained`` (the default; seed None) or ``init=random`` with ``init_seed``."""
+    init = cfg.get("init", "pretrained")
+    if init not in INITS:
+        raise ConfigError(f"init={init!r}; expected one of {', '.join(INITS)}")
+    if init == "pretrained":
+        return init, None
+    seed = cfg.get("init_seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"init_seed={seed!r}; expected an integer")
+    return init, seed
 
 
 def upstream_node(cfg) -> tuple[str, Optional[str], dict]:
@@ -158,7 +180,7 @@ def run_benchmark(cfg) -> int:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from downstream.benchmark import benchmark
+    from downstream.benchmark import benchmark_grid
     from speechssl.device import check_device
     from speechssl.trainer import TrainerConfig
 
@@ -166,25 +188,37 @@ def run_benchmark(cfg) -> int:
     layer = parse_layer(cfg.layer, ("weighted", "last"))
     if cfg.cache.dtype not in CACHE_DTYPES:
         raise ConfigError(f"cache.dtype={cfg.cache.dtype!r}; expected one of {', '.join(CACHE_DTYPES)}")
+    lrs = [float(cfg.optim.lr)] if cfg.optim.lr is not None else [float(lr) for lr in cfg.optim.grid]
+    if cfg.threads is not None and int(cfg.threads) < 1:
+        raise ConfigError(f"threads={cfg.threads}; expected at least 1, or null for torch's default")
+    init, init_seed = init_from_config(cfg)
     check_device(cfg.device)  # before the upstream runs over the corpus to fill the cache
-    results = benchmark(
+    results = benchmark_grid(
         upstream_from_config(cfg),
         cfg.task.name,
         task_rows_from_config(cfg, cfg.task.name),
         trainer_cfg,
+        lrs,
         HydraConfig.get().runtime.output_dir,
+        normalize=bool(cfg.normalize),
+        threads=cfg.threads,
+        metric=cfg.task.get("metric"),
         corpus=cfg.data.name,
         cache_dir=cfg.cache.dir,
         cache_dtype=getattr(torch, cfg.cache.dtype),
         layer=layer,
         trainable=bool(cfg.upstream.trainable),
         device=cfg.device,
+        init=init,
+        init_seed=init_seed,
         info={"ckpt": cfg.upstream.ckpt, "data_root": str(Path(cfg.data.root).resolve())},
     )
     metric = results["metric"]
+    tried = ", ".join(f"{r['lr']:g}: {r['dev']:.4f}" for r in results["grid"]["runs"])
     print(
         f"{results['upstream']} {results['task']}: test {metric} {results['test'][metric]:.4f} "
-        f"(dev {results['dev'][metric]:.4f}, chance {results['chance']:.4f})"
+        f"(dev {results['dev'][metric]:.4f}, chance {results['chance']:.4f}; lr {results['lr']:g} chosen on dev "
+        f"from {tried})"
     )
     return 0
 
@@ -252,6 +286,21 @@ def _register_schemas() -> None:
         store.store(group="upstream_schema", name=name, node=schema)
 
 
+def init_tag(init: str, seed: Optional[int] = None) -> str:
+    """The run-folder suffix of ``init`` (``${init_tag:${init},${init_seed}}`` in a config):
+    none for pretrained weights, ``_random_init`` (``_random_init_seed0`` with a seed) for the
+    control, so that a control and its pretrained upstream never share a run folder by default."""
+    if init == "pretrained":
+        return ""
+    return f"_{init}_init" + ("" if seed is None else f"_seed{seed}")
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("init_tag", init_tag, replace=True)
+
+
 def _usage() -> str:
     lines = ["usage: speechssl COMMAND [key=value ...] [--help]", "", "commands:"]
     lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
@@ -287,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             status = 2
 
     _register_schemas()
+    _register_resolvers()
     if os.environ.get("RANK", "0") != "0":
         # under torchrun only rank 0 writes the run folder's config and log; the others warn on stderr
         rest = [*rest, "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",

@@ -170,12 +170,21 @@ class Featurizer(nn.Module):
         Only states of the top layer's size take part (APC's input features do not).
     layer=int: that hidden state (negative counts from the top); "last": the top.
 
+    ``normalize=True``: each hidden state that takes part is first standardised per
+    dimension with fixed statistics of the training set (:meth:`set_statistics`,
+    buffers saved with the head), so that upstreams whose features differ in scale
+    (APC's hidden states have a std of 0.35-0.47, fbank's 1) train with one learning rate.
+
     ``upstream`` is an :class:`Upstream` or the list of its hidden sizes (enough
     when features come from a cache).
     """
 
     def __init__(
-        self, upstream: Upstream | Sequence[int], layer: str | int = "weighted", layer_norm: bool = False
+        self,
+        upstream: Upstream | Sequence[int],
+        layer: str | int = "weighted",
+        layer_norm: bool = False,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         sizes = list(upstream.hidden_sizes if isinstance(upstream, Upstream) else upstream)
@@ -206,6 +215,21 @@ class Featurizer(nn.Module):
             self.output_size = sizes[self.layer]
         else:
             raise ConfigError(f"Featurizer: layer must be 'weighted', 'last' or an int, got {layer!r}")
+        self.normalize = normalize
+        if normalize:  # (states taking part, D): identity until set_statistics
+            self.register_buffer("means", torch.zeros(len(self.states()), self.output_size))
+            self.register_buffer("stds", torch.ones(len(self.states()), self.output_size))
+
+    def states(self) -> list[int]:
+        """Indices of the hidden states that take part."""
+        return self.used if self.layer is None else [self.layer]
+
+    def set_statistics(self, means: torch.Tensor, stds: torch.Tensor) -> None:
+        """Per-dimension ``(L_used, D)`` means and standard deviations of the states that take part."""
+        if not self.normalize:
+            raise ConfigError("Featurizer: statistics set without normalize=True")
+        self.means.copy_(means)
+        self.stds.copy_(stds.clamp(min=1e-5))
 
     def layer_weights(self) -> torch.Tensor:
         """``(L,)`` softmax-normalised weights over all hidden states (one-hot for a fixed layer)."""
@@ -230,13 +254,16 @@ class Featurizer(nn.Module):
                 f"Featurizer: expected {self.num_layers} hidden states, got {len(hidden_states)}"
             )
         if self.layer is not None:
-            x = self._normalise(hidden_states[self.layer])
+            x = self._normalise(hidden_states[self.layer], 0)
         else:
-            stacked = torch.stack([self._normalise(hidden_states[i]) for i in self.used])  # (L, B, T, D)
+            stacked = torch.stack([self._normalise(hidden_states[i], k) for k, i in enumerate(self.used)])  # (L, B, T, D)
             weights = torch.softmax(self.weights, dim=0).to(stacked.dtype)
             x = torch.einsum("l,lbtd->btd", weights, stacked)
         x = x.masked_fill(~lengths_to_mask(lengths, x.shape[1])[..., None], 0.0)
         return x, lengths
 
-    def _normalise(self, h: torch.Tensor) -> torch.Tensor:
+    def _normalise(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """State ``h`` (B, T, D), the ``k``-th taking part, standardised and layer-normed as configured."""
+        if self.normalize:
+            h = (h - self.means[k].to(h.dtype)) / self.stds[k].to(h.dtype)
         return F.layer_norm(h, h.shape[-1:]) if self.layer_norm else h

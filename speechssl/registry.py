@@ -96,6 +96,34 @@ def build_upstream(name: str, **overrides: Any):
     return model
 
 
+def random_upstream(name: str, *, seed: int, ckpt: str | os.PathLike | None = None, **overrides: Any):
+    """Upstream ``name`` untrained, its weights drawn from ``seed`` alone, in eval mode: the random-init control.
+
+    With ``ckpt`` the config saved in it is used (``overrides`` on top), never its
+    weights: the control of a pretrained checkpoint is the same architecture. The
+    global torch RNG is left as it was. An upstream without weights (a fixed
+    front-end such as ``fbank``) has no random-init control: :class:`ConfigError`.
+    """
+    import torch
+
+    from speechssl.checkpoint import read_upstream_checkpoint
+
+    config: dict[str, Any] = {}
+    if ckpt is not None:
+        saved_name, config, _ = read_upstream_checkpoint(ckpt)
+        if saved_name != name:
+            raise CheckpointError(f"{ckpt}: holds a '{saved_name}' upstream, not '{name}'")
+    with torch.random.fork_rng(devices=[]):  # the CPU generator only: the model is built on the CPU
+        torch.manual_seed(seed)
+        model = build_upstream(name, **{**config, **overrides})
+    if next(model.parameters(), None) is None:
+        raise ConfigError(
+            f"init=random: upstream '{name}' has no weights (a fixed front-end), so it has no random-init control; "
+            "benchmark it with init=pretrained"
+        )
+    return model.eval()
+
+
 def load_upstream(name: str, ckpt: str | os.PathLike | None = None, **overrides: Any):
     """Upstream ``name``, with the weights and config of ``ckpt`` if given, in eval mode.
 

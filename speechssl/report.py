@@ -5,12 +5,19 @@ Used by ``speechssl report runs=DIR``. Every folder below ``DIR`` whose
 sweeps put them in ``DIR/<N>/``); other results (pretraining runs) are skipped.
 For each (upstream, checkpoint, corpus, task) the run with the best **dev**
 metric is chosen, as SUPERB picks the learning rate per task on dev, and its
-**test** metric is what the table shows. The report folder gets:
+**test** metric is what the table shows, with its 95% bootstrap interval over the
+test utterances. A random-init control (``init=random``: the same architecture
+untrained) is a row of its own, ``apc (random init)``; with several init seeds
+the lr is chosen per seed and the cell gives their mean and standard deviation.
+The report folder gets:
 
 - ``README.md``: one table per corpus, upstreams x tasks, each column with its
   metric, direction (↑ higher is better, ↓ lower) and a row of chance levels;
-  a table per swept (upstream, task): lr -> dev, test, the chosen run marked;
-  the plots below, embedded.
+  per task, which differences between upstreams the test set separates (a
+  paired bootstrap where two runs scored the same utterances, from their
+  ``test_outcomes.tsv``; else whether their intervals overlap); a table per
+  swept (upstream, task): lr -> dev, test, the chosen run marked; the plots
+  below, embedded.
 - ``layer_weights_<upstream>.png``: per upstream, a bar chart per task of the
   chosen run's learned weights of the hidden states (SUPERB's weighted sum).
 - ``curves_<task>.png``: training loss and dev metric against step, one line
@@ -29,10 +36,20 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from speechssl.bootstrap import (
+    Ratio,
+    excludes_zero,
+    percentile_interval,
+    read_outcomes,
+    resample_indices,
+    separated,
+)
 from speechssl.checkpoint import atomic_write
 from speechssl.errors import ConfigError
 
@@ -40,8 +57,8 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
-TSV_COLUMNS = ["upstream", "ckpt", "layer", "trainable", "corpus", "task", "metric", "dev", "test", "lr", "chosen",
-               "run_dir"]
+TSV_COLUMNS = ["upstream", "ckpt", "layer", "trainable", "init", "init_seed", "corpus", "task", "metric", "dev", "test",
+               "test_low", "test_high", "lr", "chosen", "run_dir"]
 
 # The order of SUPERB's tables (Yang et al., 2021, Table 1); other tasks follow by name.
 TASK_ORDER = ["pr", "ks", "ic", "sid", "er", "asr"]
@@ -70,6 +87,11 @@ class BenchmarkRun:
     layer: str | int = "weighted"  # the Featurizer's layer: SUPERB's weighted sum, or one hidden state
     trainable: bool = False  # the upstream fine-tuned with the head, not frozen
     data_root: str | None = None  # the corpus folder, told apart when two share a corpus name
+    test_interval: tuple[float, float] | None = None  # 95% bootstrap interval of the test metric
+    outcomes: str | None = None  # the per-utterance test outcomes (a TSV), relative to run_dir
+    ratio: Ratio | None = None  # how the metric is made from the outcomes' columns
+    init: str = "pretrained"  # or "random": the same architecture untrained, the control
+    init_seed: int | None = None  # the random init's seed
 
     @property
     def label(self) -> str:
@@ -77,11 +99,26 @@ class BenchmarkRun:
 
         Runs outside SUPERB's protocol are rows of their own, never pooled with it:
         ``apc, layer=last`` (one hidden state), ``apc, fine-tuned`` (upstream trained).
+        The random-init control is ``apc (random init)`` (``apc (random init, config of
+        runs/apc/last)`` when built from a checkpoint's config), every init seed in one row.
         """
-        label = self.upstream if self.ckpt is None else f"{self.upstream} ({_short_path(self.ckpt)})"
+        if self.init == "random":
+            label = f"{self.upstream} (random init" + (f", config of {_short_path(self.ckpt)})" if self.ckpt else ")")
+        else:
+            label = self.upstream if self.ckpt is None else f"{self.upstream} ({_short_path(self.ckpt)})"
         if self.layer != "weighted":
             label += f", layer={self.layer}"
         return label + (", fine-tuned" if self.trainable else "")
+
+    @property
+    def row_key(self) -> tuple:
+        """Where the row goes: by upstream and checkpoint, a random-init control right after its pretrained row."""
+        return (self.upstream, self.ckpt or "", str(self.layer), self.trainable, self.init != "pretrained", self.label)
+
+    @property
+    def seed_key(self) -> int:
+        """The init seed a control's lr is chosen within (every pretrained run: one group)."""
+        return -1 if self.init != "random" or self.init_seed is None else self.init_seed
 
     def dev_rank(self) -> float:
         """The dev metric signed so that larger is better; a NaN (a diverged run) ranks last."""
@@ -92,10 +129,42 @@ class BenchmarkRun:
 
 @dataclass
 class Sweep:
-    """The runs of one (upstream, checkpoint, corpus, task), sorted by lr, and the one chosen on dev."""
+    """The runs of one (upstream, checkpoint, corpus, task), sorted by (init seed, lr), and the ones chosen on dev.
+
+    ``chosen_runs``: the best-dev run of each init seed (one, but for a random-init
+    control run with several seeds); ``chosen`` is the first of them (its plots stand for the row).
+    """
 
     runs: list[BenchmarkRun]
     chosen: BenchmarkRun
+    chosen_runs: list[BenchmarkRun] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.chosen_runs = self.chosen_runs or [self.chosen]
+
+
+@dataclass
+class Row:
+    """A table cell: the chosen run(s) of one upstream on one task, summarised over init seeds."""
+
+    label: str
+    runs: list[BenchmarkRun]  # the chosen run of each init seed
+    score: float  # test metric, the mean over seeds
+    spread: float | None  # standard deviation over seeds (two or more)
+    interval: tuple[float, float] | None  # 95% bootstrap interval of ``score`` over the test utterances
+    resampled: np.ndarray | None = None  # (R,) ``score`` on each resample of the test utterances of ``utterances``
+    utterances: tuple[str, ...] | None = None  # the test ids its outcomes cover, sorted
+
+
+@dataclass
+class Difference:
+    """Two upstreams on one task: ``better`` scores ``delta`` better than ``worse`` on test."""
+
+    better: str
+    worse: str
+    delta: float  # better's score minus worse's, in the metric's units
+    interval: tuple[float, float] | None  # paired-bootstrap 95% interval of delta (None: not paired)
+    separated: bool  # the interval excludes zero; unpaired: the two rows' intervals do not overlap
 
 
 @dataclass
@@ -105,6 +174,8 @@ class Benchmark:
     runs_dir: Path
     runs: list[BenchmarkRun]
     sweeps: dict[tuple[str, str, str], Sweep]  # (label, corpus, task) -> sweep
+    _compared: dict[tuple[str, str], tuple[dict[str, Row], list[Difference]]] = field(
+        default_factory=dict, repr=False)  # (corpus, task) -> compare()'s answer, computed once
 
     @property
     def corpora(self) -> list[str]:
@@ -114,8 +185,9 @@ class Benchmark:
         return sorted({r.task for r in self.runs if r.corpus == corpus}, key=_task_key)
 
     def labels(self, corpus: str | None = None) -> list[str]:
+        """Row names in :attr:`BenchmarkRun.row_key` order: a control follows its pretrained upstream."""
         runs = [r for r in self.runs if corpus is None or r.corpus == corpus]
-        return sorted({r.label for r in runs})
+        return list(dict.fromkeys(key[-1] for key in sorted({r.row_key for r in runs})))
 
     def task_info(self, corpus: str, task: str) -> BenchmarkRun:
         """Any run of the task (they agree on metric, direction and chance: checked when loading)."""
@@ -152,6 +224,18 @@ def read_run(path: Path) -> BenchmarkRun | None:
     weights = field("layer_weights", list, optional=True)
     if weights is not None and not all(isinstance(w, (int, float)) for w in weights):
         raise ConfigError(f"{path}: 'layer_weights' should be a list of numbers, found {weights!r}")
+    interval = (field("test_interval", dict, optional=True) or {}).get(metric)
+    if interval is not None and not (isinstance(interval, list) and len(interval) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)):
+        raise ConfigError(f"{path}: 'test_interval.{metric}' should be [low, high], found {interval!r}")
+    ratio = (field("outcome_ratios", dict, optional=True) or {}).get(metric)
+    if ratio is not None and not (isinstance(ratio, list) and len(ratio) == 2 and isinstance(ratio[0], str)
+                                  and isinstance(ratio[1], (str, type(None)))):
+        raise ConfigError(f"{path}: 'outcome_ratios.{metric}' should be [numerator, denominator or null], "
+                          f"found {ratio!r}")
+    init = _default(field("init", str, optional=True), "pretrained")
+    if init not in ("pretrained", "random"):
+        raise ConfigError(f"{path}: 'init' should be \"pretrained\" or \"random\", found {init!r}")
     return BenchmarkRun(
         run_dir=path.parent,
         upstream=field("upstream", str),
@@ -169,6 +253,11 @@ def read_run(path: Path) -> BenchmarkRun | None:
         layer=_default(field("layer", (str, int), optional=True), "weighted"),
         trainable=bool(field("trainable", bool, optional=True)),
         data_root=field("data_root", str, optional=True),
+        test_interval=None if interval is None else (float(interval[0]), float(interval[1])),
+        outcomes=field("test_outcomes", str, optional=True),
+        ratio=None if ratio is None else Ratio(*ratio),
+        init=init,
+        init_seed=field("init_seed", int, optional=True),
     )
 
 
@@ -193,8 +282,12 @@ def load_benchmark(runs_dir: str | os.PathLike) -> Benchmark:
         groups[run.label, run.corpus, run.task].append(run)
     sweeps = {}
     for key, group in groups.items():
-        group.sort(key=lambda r: (math.inf if r.lr is None else r.lr, str(r.run_dir)))
-        sweeps[key] = Sweep(group, max(group, key=BenchmarkRun.dev_rank))  # max keeps the first of ties
+        group.sort(key=lambda r: (r.seed_key, math.inf if r.lr is None else r.lr, str(r.run_dir)))
+        seeds: dict[int, list[BenchmarkRun]] = defaultdict(list)
+        for run in group:
+            seeds[run.seed_key].append(run)
+        chosen = [max(runs, key=BenchmarkRun.dev_rank) for runs in seeds.values()]  # max keeps the first of ties
+        sweeps[key] = Sweep(group, chosen[0], chosen)
     skipped = len(found) - len(runs)
     log.info("read %d benchmark run(s) under %s (%d other results skipped)", len(runs), runs_dir, skipped)
     return Benchmark(runs_dir, runs, sweeps)
@@ -239,6 +332,78 @@ def read_curves(run_dir: Path, metric: str) -> tuple[list[tuple[int, float]], li
     return sorted(losses.items()), sorted(devs.items())
 
 
+# -- intervals and differences ------------------------------------------------------------
+
+
+def compare(bench: Benchmark, corpus: str, task: str) -> tuple[dict[str, Row], list[Difference]]:
+    """Each upstream's :class:`Row` of a task, and every two rows' :class:`Difference` (computed once).
+
+    Rows whose chosen runs kept their outcomes of the same test utterances share one
+    set of resamples (1000, seed 0, in the order of the first such run's file), so a
+    difference is bootstrapped paired and a row of several init seeds gets the
+    interval of their mean. A row of one run keeps the interval its ``results.json``
+    holds (the same resamples when its file is the first of its test set). Other
+    pairs are compared by whether their intervals overlap.
+    """
+    if (corpus, task) in bench._compared:
+        return bench._compared[corpus, task]
+    rows: dict[str, Row] = {}
+    order: dict[tuple[str, ...], list[str]] = {}  # sorted ids -> the ids in the order resampled
+    tables: dict[str, list[list[dict[str, int]]]] = {}
+    for label in bench.labels(corpus):
+        sweep = bench.sweeps.get((label, corpus, task))
+        if sweep is None:
+            continue
+        runs = sweep.chosen_runs
+        tests = [run.test for run in runs]
+        score = sum(tests) / len(tests)
+        spread = float(np.std(tests, ddof=1)) if len(tests) > 1 else None
+        rows[label] = Row(label, runs, score, spread, runs[0].test_interval if len(runs) == 1 else None)
+        outcomes = [_read_run_outcomes(run) for run in runs]
+        if all(o is not None for o in outcomes) and len({tuple(sorted(ids)) for ids, _ in outcomes}) == 1:
+            key = tuple(sorted(outcomes[0][0]))
+            resampled_order = order.setdefault(key, outcomes[0][0])
+            rows[label].utterances = key
+            tables[label] = [[dict(zip(ids, table))[utt] for utt in resampled_order] for ids, table in outcomes]
+    indices = {key: resample_indices(len(ids)) for key, ids in order.items()}
+    for label, aligned in tables.items():
+        row = rows[label]
+        index = indices[row.utterances]
+        row.resampled = np.mean([run.ratio.resampled(t, index) for run, t in zip(row.runs, aligned)], axis=0)
+        if row.interval is None:
+            row.interval = percentile_interval(row.resampled)
+    differences = []
+    labels = [label for label, row in rows.items() if not math.isnan(row.score)]
+    for i, first in enumerate(labels):
+        for second in labels[i + 1:]:
+            a, b = rows[first], rows[second]
+            if (a.score < b.score) == a.runs[0].higher_is_better and a.score != b.score:
+                a, b = b, a
+            delta = a.score - b.score
+            if a.resampled is not None and b.resampled is not None and a.utterances == b.utterances:
+                interval = percentile_interval(a.resampled - b.resampled)
+                differences.append(Difference(a.label, b.label, delta, interval, excludes_zero(interval)))
+            elif a.interval is not None and b.interval is not None:
+                differences.append(Difference(a.label, b.label, delta, None, separated(a.interval, b.interval)))
+    bench._compared[corpus, task] = rows, differences
+    return rows, differences
+
+
+def _read_run_outcomes(run: BenchmarkRun) -> tuple[list[str], list[dict[str, int]]] | None:
+    """A run's ``(ids, outcomes)``; None without them (a run from before they were kept, or a file gone: warned)."""
+    if run.outcomes is None or run.ratio is None:
+        return None
+    path = run.run_dir / run.outcomes
+    if not path.exists():
+        log.warning("%s: no such file (named by %s); its run is compared by its interval alone",
+                    path, run.run_dir / RESULTS_FILE)
+        return None
+    ids, outcomes = read_outcomes(path)
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{path}: {len(ids) - len(set(ids))} utterance id(s) repeated")
+    return ids, outcomes
+
+
 # -- Markdown ----------------------------------------------------------------------------
 
 
@@ -249,6 +414,30 @@ def format_score(value: float | None, metric: str) -> str:
     if math.isnan(value):
         return "nan"
     return f"{100 * value:.2f}%" if metric in PERCENT_METRICS else f"{value:.4g}"
+
+
+def format_interval(interval: tuple[float, float] | None, metric: str) -> str:
+    """``(0.557, 0.591)`` -> ``[55.70–59.10]`` (percentage points for a percent metric); None -> ``""``."""
+    if interval is None:
+        return ""
+    if metric in PERCENT_METRICS:
+        return f"[{100 * interval[0]:.2f}–{100 * interval[1]:.2f}]"
+    return f"[{interval[0]:.4g}–{interval[1]:.4g}]"
+
+
+def format_cell(row: Row, metric: str) -> str:
+    """``58.00% [55.70–59.10]``; several init seeds: ``58.00% ± 1.20 [55.70–59.10] (3 seeds)``."""
+    parts = [format_score(row.score, metric)]
+    if row.spread is not None:
+        parts.append(f"± {100 * row.spread:.2f}" if metric in PERCENT_METRICS else f"± {row.spread:.4g}")
+    parts.append(format_interval(row.interval, metric))
+    if len(row.runs) > 1:
+        parts.append(f"({len(row.runs)} seeds)")
+    return " ".join(p for p in parts if p)
+
+
+def _format_delta(value: float, metric: str) -> str:
+    return f"{100 * value:+.2f}" if metric in PERCENT_METRICS else f"{value:+.4g}"
 
 
 def column_header(run: BenchmarkRun) -> str:
@@ -264,12 +453,13 @@ def results_tables(bench: Benchmark) -> str:
         tasks = bench.tasks(corpus)
         infos = [bench.task_info(corpus, task) for task in tasks]
         rows = [["upstream", *map(column_header, infos)]]
-        best = {task: _best_labels(bench, corpus, task) for task in tasks}
+        compared = {task: compare(bench, corpus, task)[0] for task in tasks}
+        best = {task: _best_labels(compared[task]) for task in tasks}
         for label in bench.labels(corpus):
             row = [label]
             for task, info in zip(tasks, infos):
-                sweep = bench.sweeps.get((label, corpus, task))
-                cell = "–" if sweep is None else format_score(sweep.chosen.test, info.metric)
+                cells = compared[task]
+                cell = format_cell(cells[label], info.metric) if label in cells else "–"
                 row.append(f"**{cell}**" if label in best[task] else cell)
             rows.append(row)
         rows.append(["*chance*", *(f"*{format_score(i.chance, i.metric)}*" for i in infos)])
@@ -278,7 +468,39 @@ def results_tables(bench: Benchmark) -> str:
         "Each cell: the **test** score of the run with the best **dev** score among the learning rates tried "
         "for that upstream and task (SUPERB's protocol); ↑ higher is better, ↓ lower is better; "
         "the best upstream of each column in bold (none where all tie); –: not run; "
+        "[low–high]: the 95% percentile-bootstrap interval over the test utterances (1000 resamples); "
+        "a random-init control with several init seeds: their mean ± standard deviation, the lr chosen per seed; "
         "*chance*: the task's chance level, as its runs report it."
+    )
+    return "\n\n".join(parts) + "\n\n" + footnote
+
+
+def difference_tables(bench: Benchmark) -> str:
+    """Per corpus, every two upstreams of a task: the test difference, its paired interval, whether it is separated.
+
+    Empty when no two rows of a task have intervals (runs from before they were recorded).
+    """
+    parts = []
+    for corpus in bench.corpora:
+        rows = [["task", "better", "than", "Δ", "95% interval of Δ", "separated"]]
+        for task in bench.tasks(corpus):
+            info = bench.task_info(corpus, task)
+            for d in compare(bench, corpus, task)[1]:
+                interval = "–" if d.interval is None else (
+                    f"[{_format_delta(d.interval[0], info.metric)}, {_format_delta(d.interval[1], info.metric)}]")
+                how = "paired" if d.interval is not None else "intervals"
+                rows.append([column_header(info), d.better, d.worse, _format_delta(d.delta, info.metric), interval,
+                             f"{'✓' if d.separated else 'no'} ({how})"])
+        if len(rows) > 1:
+            parts.append(f"### {corpus}\n\n{_markdown_table(rows, right={3, 4})}")
+    if not parts:
+        return ""
+    footnote = (
+        "Δ: the first upstream's test score minus the second's (percentage points for percent metrics), the first "
+        "scoring better. *paired*: both runs scored the same test utterances, and Δ's 95% interval comes from "
+        "resampling those utterances with replacement (1000 resamples, the same for both): ✓ when it excludes 0. "
+        "*intervals*: the runs scored different utterances, and ✓ means their own 95% intervals do not overlap "
+        "(a stricter test). no: this test set does not tell the two apart."
     )
     return "\n\n".join(parts) + "\n\n" + footnote
 
@@ -291,17 +513,22 @@ def sweep_tables(bench: Benchmark) -> str:
             continue
         info = sweep.chosen
         metric = METRIC_NAMES.get(info.metric, info.metric)
-        rows = [["lr", f"dev {metric}", f"test {metric}", "steps", "run", "chosen"]]
+        seeds = len(sweep.chosen_runs) > 1  # a control of several init seeds: its lr is chosen per seed
+        rows = [[*(["init seed"] if seeds else []), "lr", f"dev {metric}", f"test {metric}", "steps", "run", "chosen"]]
         for run in sweep.runs:
+            test = " ".join(filter(None, [format_score(run.test, run.metric),
+                                          format_interval(run.test_interval, run.metric)]))
             rows.append([
+                *([str(run.init_seed)] if seeds else []),
                 "–" if run.lr is None else f"{run.lr:g}",
                 format_score(run.dev, run.metric),
-                format_score(run.test, run.metric),
+                test,
                 "–" if run.step is None else str(run.step),
                 f"`{_relative(run.run_dir, bench.runs_dir)}`",
-                "✓" if run is sweep.chosen else "",
+                "✓" if any(run is c for c in sweep.chosen_runs) else "",
             ])
-        parts.append(f"### {label} · {column_header(info)} · {corpus}\n\n{_markdown_table(rows, right={1, 2, 3})}")
+        right = {int(seeds) + i for i in (1, 2, 3)}
+        parts.append(f"### {label} · {column_header(info)} · {corpus}\n\n{_markdown_table(rows, right=right)}")
     return "\n\n".join(parts)
 
 
@@ -414,6 +641,9 @@ def write_report(bench: Benchmark, out_dir: str | os.PathLike | None = None) -> 
 
     sections = [f"# Benchmark results\n\n{len(bench.runs)} run(s) under `{bench.runs_dir}`.", "## Results",
                 results_tables(bench)]
+    differences = difference_tables(bench)
+    if differences:
+        sections += ["## Differences between upstreams", differences]
     sweeps = sweep_tables(bench)
     if sweeps:
         sections += ["## Learning-rate sweeps", sweeps]
@@ -446,17 +676,19 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
 
 
 def _write_tsv(bench: Benchmark, path: Path) -> None:
-    chosen = {id(s.chosen) for s in bench.sweeps.values()}
+    chosen = {id(run) for s in bench.sweeps.values() for run in s.chosen_runs}
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             writer.writerow(TSV_COLUMNS)
-            for run in sorted(bench.runs, key=lambda r: (_sweep_key((r.label, r.corpus, r.task)), r.lr or 0.0)):
-                writer.writerow([run.upstream, run.ckpt or "", run.layer, int(run.trainable), run.corpus, run.task,
-                                 run.metric, repr(run.dev),
-                                 repr(run.test), "" if run.lr is None else repr(run.lr), int(id(run) in chosen),
-                                 str(run.run_dir)])
+            for run in sorted(bench.runs, key=lambda r: (_sweep_key((r.label, r.corpus, r.task)), r.seed_key,
+                                                         r.lr or 0.0)):
+                low, high = ("", "") if run.test_interval is None else map(repr, run.test_interval)
+                writer.writerow([run.upstream, run.ckpt or "", run.layer, int(run.trainable), run.init,
+                                 "" if run.init_seed is None else run.init_seed, run.corpus, run.task,
+                                 run.metric, repr(run.dev), repr(run.test), low, high,
+                                 "" if run.lr is None else repr(run.lr), int(id(run) in chosen), str(run.run_dir)])
 
     atomic_write(path, write)
 
@@ -477,15 +709,15 @@ def _check_tasks_agree(runs: list[BenchmarkRun]) -> None:
             )
 
 
-def _best_labels(bench: Benchmark, corpus: str, task: str) -> set[str]:
-    """The upstreams with the best chosen test score of a task (ties share it); none when no upstream is ahead."""
-    sweeps = [(label, s.chosen) for (label, c, t), s in bench.sweeps.items() if c == corpus and t == task]
-    scored = {label: run.test if run.higher_is_better else -run.test for label, run in sweeps if not math.isnan(run.test)}
-    if len(sweeps) < 2 or not scored:
+def _best_labels(rows: dict[str, Row]) -> set[str]:
+    """The upstreams with the best test score of a task (ties share it); none when no upstream is ahead."""
+    scored = {label: row.score if row.runs[0].higher_is_better else -row.score
+              for label, row in rows.items() if not math.isnan(row.score)}
+    if len(rows) < 2 or not scored:
         return set()
     top = max(scored.values())
     best = {label for label, score in scored.items() if score == top}
-    return set() if len(best) == len(sweeps) else best  # all tied: nobody is best
+    return set() if len(best) == len(rows) else best  # all tied: nobody is best
 
 
 def _task_key(task: str) -> tuple[int, str]:

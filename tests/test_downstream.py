@@ -10,15 +10,18 @@ import jiwer
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score
 
 import speechssl
 from downstream.benchmark import benchmark
 from downstream.heads import ctc_greedy_decode, mean_pool
 from downstream.task import get_task, list_tasks
+from speechssl.bootstrap import read_outcomes
 from speechssl.data.corpora import corpus_manifest
 from speechssl.errors import ConfigError
-from speechssl.feature_cache import FeatureCache
+from speechssl.feature_cache import FeatureCache, upstream_fingerprint
+from speechssl.registry import get_entry
 from speechssl.trainer import TrainerConfig
 
 FEW_STEPS = TrainerConfig(max_steps=6, warmup_steps=2, lr=1e-3, batch_seconds=20, save_every=3, log_every=3)
@@ -53,6 +56,15 @@ def test_every_task_trains_and_reports(task, superb_lite_tiny, tmp_path):
     assert saved == results and saved["kind"] == "benchmark" and saved["step"] == 6
     metric = get_task(task).metric
     assert 0.0 <= results["test"][metric] and 0.0 <= results["chance"] <= 1.0
+    assert (results["init"], results["init_seed"]) == ("pretrained", None)
+    # every test utterance's outcome: the corpus metrics again, exactly, and intervals around them
+    ids, outcomes = read_outcomes(tmp_path / "run" / results["test_outcomes"])
+    assert ids == [r["id"] for r in data["test"]]
+    assert set(results["test_interval"]) == set(results["test"])
+    for name, value in results["test"].items():
+        assert get_task(task).metric_from_outcomes(outcomes, name) == value
+        low, high = results["test_interval"][name]
+        assert low <= value <= high
     assert results["layer_weights"] == [1.0]  # fbank: one hidden state
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any(f"dev_{metric}" in line for line in lines)
@@ -125,7 +137,9 @@ def test_a_clip_shorter_than_the_receptive_field_is_named_before_any_work(superb
 
 def test_cli_refuses_bad_cache_dtype_and_device_before_any_work(superb_lite_tiny, tmp_path):
     for key, message in [("cache.dtype=bf16", "cache.dtype='bf16'; expected one of float16, float32"),
-                         ("device=gpu", "device='gpu': not a device")]:
+                         ("device=gpu", "device='gpu': not a device"),
+                         ("init=fresh", "init='fresh'; expected one of pretrained, random"),
+                         ("init=random", "init=random: upstream 'fbank' has no weights")]:
         run = subprocess.run(
             [sys.executable, "-m", "speechssl.cli", "benchmark", "upstream=fbank", "task=ks",
              f"data.root={superb_lite_tiny}", key, f"hydra.run.dir={tmp_path}/run", f"cache.dir={tmp_path}/cache"],
@@ -154,6 +168,8 @@ def test_classification_metric_matches_sklearn():
     preds = [(0,), (1,), (1,), (0,), (1,), (0,)]
     ours = task.score(preds, refs)["accuracy"]
     assert ours == pytest.approx(accuracy_score([r[0] for r in refs], [p[0] for p in preds]))
+    assert task.outcomes(preds, refs) == [{"correct": c} for c in (1, 1, 0, 1, 1, 0)]
+    assert task.metric_from_outcomes(task.outcomes(preds, refs)) == ours
     assert refs[-1] == (-1,)
     assert task.chance(train, test) == pytest.approx(2 / 6)  # "a" is the first most common
 
@@ -176,11 +192,22 @@ def test_ctc_decoding_and_error_rates_match_jiwer():
     pr.fit([{"id": "x", "phones": "a b c"}])
     refs, hyps = ["a b c", "b c"], ["a c", "b c a"]
     assert pr.score(hyps, refs)["per"] == pytest.approx(jiwer.wer(refs, hyps)) == pytest.approx(2 / 5)
+    assert pr.outcomes(hyps, refs) == [{"phone_errors": 1, "phones": 3}, {"phone_errors": 1, "phones": 2}]
+    assert pr.metric_from_outcomes(pr.outcomes(hyps, refs)) == jiwer.wer(refs, hyps)
     asr = get_task("asr")
     asr.fit([{"id": "x", "text": "hello world"}])
     tokens = asr.tokens({"text": "Hello  World"})
     assert asr.join(tokens) == "hello world" and "|" in tokens
     assert asr.score(["hello word"], ["hello world"])["wer"] == pytest.approx(0.5)
+    refs, hyps = ["hello world", "the cat sat", "a b"], ["hello word", "the the cat", ""]
+    outcomes = asr.outcomes(hyps, refs)
+    for row, ref, hyp in zip(outcomes, refs, hyps):  # per utterance: jiwer's counts of that one pair
+        words, chars = jiwer.process_words(ref, hyp), jiwer.process_characters(ref, hyp)
+        assert row == {"word_errors": words.substitutions + words.deletions + words.insertions,
+                       "words": len(ref.split()),
+                       "char_errors": chars.substitutions + chars.deletions + chars.insertions, "chars": len(ref)}
+    assert asr.metric_from_outcomes(outcomes) == jiwer.wer(refs, hyps) == asr.score(hyps, refs)["wer"]
+    assert asr.metric_from_outcomes(outcomes, "cer") == jiwer.cer(refs, hyps)
 
 
 def test_mean_pool_ignores_padding():
@@ -200,23 +227,29 @@ def test_task_without_labels_in_corpus(superb_lite_tiny, tmp_path):
     assert list_tasks() == ["asr", "er", "ic", "ks", "pr", "sid"]
 
 
-def test_cli_sweep_and_report(superb_lite_tiny, tmp_path):
+def test_cli_grid_chooses_the_rate_on_dev_and_reports(superb_lite_tiny, tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "speechssl.cli", "benchmark", "-m", "upstream=fbank", "task=ks",
-         f"data.root={superb_lite_tiny}", "optim.lr=1e-3,1e-2", "trainer.max_steps=4", "trainer.save_every=2",
-         f"cache.dir={tmp_path}/cache", f"hydra.sweep.dir={tmp_path}/sweep"],
+        [sys.executable, "-m", "speechssl.cli", "benchmark", "upstream=fbank", "task=ks",
+         f"data.root={superb_lite_tiny}", "optim.grid=[1e-2,1e-3]", "trainer.max_steps=4", "trainer.save_every=2",
+         f"cache.dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.count("fbank ks: test accuracy") == 2
-    assert len(list((tmp_path / "sweep").glob("*/results.json"))) == 2
+    grid = json.loads((tmp_path / "run" / "grid.json").read_text())
+    assert [r["lr"] for r in grid["runs"]] == [1e-3, 1e-2]  # low to high
+    best = max(grid["runs"], key=lambda r: r["dev"])  # the first of ties
+    assert grid["chosen_lr"] == best["lr"] and f"lr {best['lr']:g} chosen on dev from 0.001: " in run.stdout
+    for r in grid["runs"]:
+        saved = json.loads((tmp_path / "run" / f"lr{r['lr']:g}" / "results.json").read_text())
+        assert saved["lr"] == r["lr"] and saved["dev"]["accuracy"] == r["dev"]
     run = subprocess.run(
-        [sys.executable, "-m", "speechssl.cli", "report", f"runs={tmp_path}/sweep", f"hydra.run.dir={tmp_path}/r"],
+        [sys.executable, "-m", "speechssl.cli", "report", f"runs={tmp_path}/run", f"hydra.run.dir={tmp_path}/r"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "KS accuracy ↑" in run.stdout
-    assert (tmp_path / "sweep" / "report" / "README.md").exists()
+    report = (tmp_path / "run" / "report" / "README.md").read_text()
+    assert f"{best['lr']:g}" in report  # the sweep table names the rates, the chosen one marked
 
 
 def test_run_folder_of_another_checkpoint_is_refused(superb_lite_tiny, tmp_path):
@@ -235,3 +268,60 @@ def test_upstream_with_states_of_two_sizes(superb_lite_tiny, tmp_path):
     results = benchmark(apc, "ks", rows(superb_lite_tiny, "ks"), FEW_STEPS, tmp_path / "run", corpus="superb_lite",
                         cache_dir=tmp_path / "cache")
     assert results["layer_weights"][0] == 0.0 and sum(results["layer_weights"]) == pytest.approx(1.0)
+
+
+def test_normalising_featurizer_uses_training_set_statistics(superb_lite_tiny, tmp_path):
+    """The statistics are those of every valid training frame, saved with the head, and the head sees unit scale."""
+    from downstream.benchmark import CachedFeatures, feature_statistics
+
+    apc = speechssl.build_upstream("apc", **get_entry("apc").tiny).eval()
+    data = rows(superb_lite_tiny, "ks")
+    benchmark(apc, "ks", data, FEW_STEPS, tmp_path / "run", corpus="superb_lite", cache_dir=tmp_path / "cache",
+              cache_dtype=torch.float32)
+    cache = FeatureCache(tmp_path / "cache", apc, "superb_lite/ks", dtype=torch.float32)
+    frames = torch.cat([torch.stack(cache.load(r["id"])[1:]) for r in data["train"]], dim=1)  # (L, sum T, D)
+    saved = load_file(tmp_path / "run" / "best" / "train.safetensors")
+    torch.testing.assert_close(saved["featurizer.means"], frames.mean(dim=1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(saved["featurizer.stds"], frames.std(dim=1, unbiased=False), atol=1e-4, rtol=1e-4)
+    task = get_task("ks")
+    task.fit(data["train"])
+    means, stds = feature_statistics(CachedFeatures(data["train"], cache, task), [1, 2])
+    standardised = (frames - means[:, None]) / stds[:, None]
+    assert standardised.mean(dim=1).abs().max() < 1e-3 and (standardised.std(dim=1) - 1).abs().max() < 1e-2
+    off = benchmark(apc, "ks", data, FEW_STEPS, tmp_path / "raw", corpus="superb_lite", cache_dir=tmp_path / "cache",
+                    cache_dtype=torch.float32, normalize=False)
+    assert "featurizer.means" not in load_file(tmp_path / "raw" / "best" / "train.safetensors") and off["step"] == 6
+
+
+def test_asr_can_select_and_report_cer(superb_lite_tiny, tmp_path):
+    results = benchmark(speechssl.load_upstream("fbank"), "asr", rows(superb_lite_tiny, "asr"), FEW_STEPS,
+                        tmp_path / "run", corpus="superb_lite", cache_dir=tmp_path / "cache", metric="cer")
+    assert results["metric"] == "cer" and "wer" in results["test"] and "cer" in results["test_interval"]
+    with pytest.raises(ConfigError, match="task 'asr' has no metric 'bleu'; it has wer, cer"):
+        benchmark(speechssl.load_upstream("fbank"), "asr", rows(superb_lite_tiny, "asr"), FEW_STEPS,
+                  tmp_path / "run2", corpus="superb_lite", cache_dir=tmp_path / "cache", metric="bleu")
+
+
+def test_cli_random_init_control(superb_lite_tiny, tmp_path):
+    """init=random: apc_tiny's architecture untrained, the weights those of the seed, into a folder of its own."""
+    from speechssl.registry import random_upstream
+
+    usage = subprocess.run([sys.executable, "-m", "speechssl.cli", "benchmark", "--help"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0 and "init=random" in usage.stdout and "init_seed" in usage.stdout
+    run = subprocess.run(
+        [sys.executable, "-m", "speechssl.cli", "benchmark", "upstream=apc_tiny", "init=random", "init_seed=1",
+         "task=ks", f"data.root={superb_lite_tiny}", "optim.lr=1e-3", "trainer.max_steps=2", "trainer.save_every=2",
+         f"cache.dir={tmp_path}/cache"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "benchmark" / "apc_random_init_seed1" / "ks" / "lr0.001"  # not apc's folder
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["init"], results["init_seed"], results["upstream"]) == ("random", 1, "apc")
+    identity = json.loads((run_dir / "benchmark.json").read_text())
+    assert identity["init"] == "random"
+    expected = random_upstream("apc", seed=1, hidden_size=128, num_layers=3)  # configs/upstream/apc_tiny.yaml
+    assert identity["weights"] == upstream_fingerprint(expected, torch.float32)  # the same weights in any process
+    assert identity["weights"] != upstream_fingerprint(random_upstream("apc", seed=0, hidden_size=128, num_layers=3),
+                                                       torch.float32)

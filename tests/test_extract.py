@@ -62,7 +62,7 @@ def test_extract_one_file_one_layer(tmp_path):
         f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
-    assert load_file(tmp_path / "o" / "x.safetensors")["features"].shape == (48, 40)
+    assert load_file(tmp_path / "o" / "x.safetensors")["features"].shape == (48, 120)  # 40 bins, Δ, ΔΔ
 
 
 def test_cli_errors_and_help(tmp_path):

@@ -51,6 +51,21 @@ def test_mfcc_with_deltas_matches_hubert_recipe(batch):
         torch.testing.assert_close(feats[i, : frame_lens[i]], ref, atol=1e-3, rtol=0)
 
 
+def test_fbank_baseline_is_superbs_240_d_fbank(batch):
+    """s3prl's FBANK baseline: Kaldi fbank, Δ and ΔΔ (torchaudio's compute_deltas), utterance CMVN."""
+    wavs, padded, lens = batch
+    model = speechssl.load_upstream("fbank")
+    assert model.hidden_sizes == [240] and speechssl.load_upstream("fbank", deltas=False).hidden_sizes == [80]
+    feats = model(padded, lens)
+    for i, w in enumerate(wavs):
+        f = kaldi.fbank(w[None], num_mel_bins=80).T  # (80, T)
+        d = AF.compute_deltas(f)
+        ref = torch.cat([f, d, AF.compute_deltas(d)]).T  # (T, 240)
+        ref = (ref - ref.mean(0)) / torch.sqrt(ref.var(0, unbiased=False) + 1e-5)
+        T = int(feats.lengths[i])
+        torch.testing.assert_close(feats.hidden_states[0][i, :T], ref, atol=2e-3, rtol=1e-3)
+
+
 def test_log_mel_matches_librosa(batch):
     wavs, padded, lens = batch
     feats, frame_lens = features.log_mel(padded, lens, 80)

@@ -60,7 +60,7 @@ def test_bad_shapes_and_dtypes():
         model(torch.zeros(2, 800), torch.tensor([800]))
     with pytest.raises(ValueError, match="wav_lens max 900 > 800"):
         model(torch.zeros(2, 800), torch.tensor([800, 900]))
-    assert model(torch.zeros(800)).hidden_states[0].shape == (1, 3, 80)  # 1-D input, no lengths
+    assert model(torch.zeros(800)).hidden_states[0].shape == (1, 3, 240)  # 1-D input, no lengths; 80 bins, Δ, ΔΔ
 
 
 def test_unknown_upstream_lists_the_known_ones():
@@ -138,3 +138,23 @@ def test_weighted_featurizer_skips_states_of_another_size():
     x, _ = featurizer(states, torch.tensor([5]))
     torch.testing.assert_close(x, (states[1] + states[2]) / 2)
     assert featurizer.layer_weights().tolist() == [0.0, 0.5, 0.5] and featurizer.output_size == 4
+
+
+def test_normalizing_featurizer_standardises_each_state_with_its_own_statistics():
+    g = torch.Generator().manual_seed(0)
+    states = [torch.randn(2, 6, 3, generator=g)] + [torch.randn(2, 6, 4, generator=g) * s + m for s, m in [(0.4, 2), (3, -1)]]
+    lengths = torch.tensor([6, 4])
+    featurizer = speechssl.Featurizer([3, 4, 4], normalize=True)
+    means, stds = torch.tensor([[2.0] * 4, [-1.0] * 4]), torch.tensor([[0.4] * 4, [3.0] * 4])
+    featurizer.set_statistics(means, stds)
+    x, _ = featurizer(states, lengths)
+    expected = ((states[1] - 2) / 0.4 + (states[2] + 1) / 3) / 2
+    torch.testing.assert_close(x[0], expected[0])
+    torch.testing.assert_close(x[1, :4], expected[1, :4])
+    assert (x[1, 4:] == 0).all()
+    one = speechssl.Featurizer([3, 4, 4], layer=0, normalize=True)
+    one.set_statistics(torch.full((1, 3), 0.5), torch.full((1, 3), 2.0))
+    torch.testing.assert_close(one(states, lengths)[0][0], (states[0][0] - 0.5) / 2)
+    assert set(featurizer.state_dict()) == {"weights", "means", "stds"}  # saved with the head
+    with pytest.raises(ConfigError, match="statistics set without normalize=True"):
+        speechssl.Featurizer([4]).set_statistics(means[:1], stds[:1])

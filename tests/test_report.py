@@ -6,11 +6,14 @@ import subprocess
 import sys
 
 import matplotlib.image
+import numpy as np
 import pytest
 
+from speechssl.bootstrap import Ratio, bootstrap_interval, paired_difference_interval, separated, write_outcomes
 from speechssl.cli import COMMANDS
 from speechssl.errors import ConfigError
 from speechssl.report import (
+    format_interval,
     format_score,
     load_benchmark,
     read_curves,
@@ -154,14 +157,15 @@ def test_results_tsv(runs):
     with open(out / "results.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert len(rows) == 7  # every benchmark run; not the pretraining run
-    assert list(rows[0]) == ["upstream", "ckpt", "layer", "trainable", "corpus", "task", "metric", "dev", "test", "lr",
-                             "chosen", "run_dir"]
+    assert list(rows[0]) == ["upstream", "ckpt", "layer", "trainable", "init", "init_seed", "corpus", "task", "metric",
+                             "dev", "test", "test_low", "test_high", "lr", "chosen", "run_dir"]
     ks = [r for r in rows if r["upstream"] == "apc" and r["task"] == "ks"]
     assert [(float(r["lr"]), float(r["dev"]), float(r["test"]), r["chosen"]) for r in ks] == [
         (1e-4, 0.50, 0.60, "0"), (1e-3, 0.62, 0.58, "1"), (1e-2, 0.55, 0.70, "0")]
     assert {r["ckpt"] for r in ks} == {APC_CKPT} and ks[1]["run_dir"] == str(runs / "sweep" / "1")
     fbank = next(r for r in rows if r["upstream"] == "fbank" and r["task"] == "pr")
     assert (fbank["ckpt"], fbank["metric"], fbank["chosen"]) == ("", "per", "1")
+    assert (fbank["init"], fbank["init_seed"], fbank["test_low"]) == ("pretrained", "", "")  # runs without intervals
 
 
 def test_read_curves_skips_a_torn_line(tmp_path, caplog):
@@ -230,3 +234,108 @@ def test_cli(runs, tmp_path):
     assert (tmp_path / "table" / "README.md").exists() and (tmp_path / "table" / "results.tsv").exists()
     run = speechssl(f"runs={tmp_path}/missing")
     assert run.returncode == 1 and "missing: no such folder" in run.stderr and "Traceback" not in run.stderr
+
+
+# -- intervals, differences, the random-init control ----------------------------------------
+
+ACCURACY = Ratio("correct")
+
+
+def flags(n, p, seed):
+    return [{"correct": int(c)} for c in np.random.default_rng(seed).random(n) < p]
+
+
+def write_scored_run(folder, upstream, outcomes, dev, *, ids=None, lr=1e-3, **extra):
+    """A KS run whose test score, interval and outcomes file are those of ``outcomes`` (as benchmark() writes them)."""
+    ids = ids or [f"ks-test-{i:04d}" for i in range(len(outcomes))]
+    write_run(folder, upstream, "ks", lr, dev, ACCURACY(outcomes), layers=2, curves=False,
+              test_interval={"accuracy": list(bootstrap_interval(outcomes, ACCURACY))},
+              test_outcomes="test_outcomes.tsv", outcome_ratios={"accuracy": ["correct", None]}, **extra)
+    write_outcomes(folder / "test_outcomes.tsv", ids, outcomes)
+
+
+def difference_rows(text):
+    section = text.split("## Differences between upstreams", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and "---" not in line]
+    return {(row[1], row[2]): row[3:] for row in rows[1:]}
+
+
+def test_cells_show_intervals_and_paired_differences(tmp_path):
+    fbank = flags(300, 0.6, 0)
+    apc = [{"correct": 1} if i < 24 else dict(o) for i, o in enumerate(fbank)]  # right on 24 more: +8 points at most
+    mfcc = [dict(o) for o in fbank]
+    mfcc[next(i for i, o in enumerate(fbank) if not o["correct"])]["correct"] = 1  # right on one more than fbank
+    write_scored_run(tmp_path / "fbank", "fbank", fbank, dev=0.5)
+    write_scored_run(tmp_path / "apc", "apc", apc, dev=0.6, ckpt=APC_CKPT)
+    write_scored_run(tmp_path / "mfcc", "mfcc", mfcc, dev=0.5)
+    other_ids = [f"other-{i}" for i in range(300)]  # scored another test set: only its interval compares
+    write_scored_run(tmp_path / "mel", "mel", flags(300, 0.95, 1), dev=0.9, ids=other_ids)
+    text = report(tmp_path).read_text()
+    table = main_table(text)
+    low, high = bootstrap_interval(fbank, ACCURACY)
+    assert table["fbank"] == [f"{100 * ACCURACY(fbank):.2f}% [{100 * low:.2f}–{100 * high:.2f}]"]
+    assert table["mel"][0].startswith("**")  # the best, and its own interval beside it
+
+    differences = difference_rows(text)
+    label = f"apc ({APC_CKPT})"
+    paired = paired_difference_interval(apc, fbank, ACCURACY)  # the same resamples, in the files' order
+    gain = ACCURACY(apc) - ACCURACY(fbank)
+    assert differences[label, "fbank"] == [f"{100 * gain:+.2f}", f"[{100 * paired[0]:+.2f}, {100 * paired[1]:+.2f}]",
+                                           "✓ (paired)"]
+    assert not separated(bootstrap_interval(apc, ACCURACY), (low, high))  # the intervals alone overlap
+    assert differences["mfcc", "fbank"][0] == f"{100 / 300:+.2f}" and differences["mfcc", "fbank"][2] == "no (paired)"
+    assert differences["mel", label][1:] == ["–", "✓ (intervals)"]  # other utterances: not paired
+
+
+def test_random_init_control_is_a_row_beside_its_upstream_with_seed_mean_and_spread(tmp_path):
+    pretrained = flags(200, 0.8, 0)
+    write_scored_run(tmp_path / "apc", "apc", pretrained, dev=0.7, ckpt=APC_CKPT, init="pretrained")
+    controls = {}
+    for seed in (0, 1, 2):  # per seed two lrs; the better dev is lr 1e-2 for seed 1 only
+        for lr, dev in ((1e-3, 0.40), (1e-2, 0.45 if seed == 1 else 0.35)):
+            outcomes = flags(200, 0.3 + 0.05 * seed + (0.1 if lr == 1e-2 else 0.0), 10 * seed + int(lr * 1000))
+            write_scored_run(tmp_path / f"random{seed}" / f"lr{lr:g}", "apc", outcomes, dev, lr=lr, ckpt=APC_CKPT,
+                             init="random", init_seed=seed)
+            if (lr == 1e-2) == (seed == 1):
+                controls[seed] = outcomes
+    write_scored_run(tmp_path / "fbank", "fbank", flags(200, 0.5, 5), dev=0.5)
+    text = report(tmp_path).read_text()
+    control = f"apc (random init, config of {APC_CKPT})"
+    table = main_table(text)
+    assert list(table) == ["upstream", f"apc ({APC_CKPT})", control, "fbank", "*chance*"]  # beside its upstream
+
+    scores = [ACCURACY(controls[s]) for s in (0, 1, 2)]  # the best-dev lr of each seed
+    index = np.random.default_rng(0).integers(0, 200, size=(1000, 200))  # resample_indices(200), written out
+    means = np.mean([[np.mean([controls[s][i]["correct"] for i in row]) for row in index] for s in (0, 1, 2)], axis=0)
+    low, high = np.quantile(means, [0.025, 0.975])
+    assert table[control] == [f"{100 * np.mean(scores):.2f}% ± {100 * np.std(scores, ddof=1):.2f} "
+                              f"[{100 * low:.2f}–{100 * high:.2f}] (3 seeds)"]
+    differences = difference_rows(text)
+    assert differences[f"apc ({APC_CKPT})", control][2] == "✓ (paired)"  # pretraining beats its control
+
+    sweeps = text.split("## Learning-rate sweeps", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in sweeps.splitlines() if line.startswith("| ")]
+    assert rows[0][:2] == ["init seed", "lr"]
+    assert [(r[0], r[1], r[-1]) for r in rows[1:]] == [("0", "0.001", "✓"), ("0", "0.01", ""), ("1", "0.001", ""),
+                                                       ("1", "0.01", "✓"), ("2", "0.001", "✓"), ("2", "0.01", "")]
+    with open(tmp_path / "report" / "results.tsv") as f:
+        tsv = [r for r in csv.DictReader(f, delimiter="\t") if r["init"] == "random"]
+    assert sorted((r["init_seed"], r["lr"]) for r in tsv if r["chosen"] == "1") == [
+        ("0", "0.001"), ("1", "0.01"), ("2", "0.001")]
+
+
+def test_a_missing_outcomes_file_falls_back_to_the_intervals(tmp_path, caplog):
+    write_scored_run(tmp_path / "fbank", "fbank", flags(100, 0.5, 0), dev=0.5)
+    write_scored_run(tmp_path / "mfcc", "mfcc", flags(100, 0.9, 1), dev=0.5)
+    (tmp_path / "mfcc" / "test_outcomes.tsv").unlink()
+    text = report(tmp_path).read_text()
+    assert "mfcc/test_outcomes.tsv: no such file" in caplog.text
+    assert difference_rows(text)["mfcc", "fbank"][1:] == ["–", "✓ (intervals)"]
+    assert "[" in main_table(text)["mfcc"][0]  # results.json's interval is still shown
+
+
+def test_format_interval():
+    assert format_interval((0.557, 0.591), "accuracy") == "[55.70–59.10]"
+    assert format_interval((1.5, 2.25), "mse") == "[1.5–2.25]"
+    assert format_interval(None, "wer") == ""

@@ -19,7 +19,10 @@ from speechssl.registry import register
 
 @dataclass
 class FbankConfig:
+    """SUPERB's FBANK (s3prl ``upstream/baseline``'s ``fbank.yaml``): 80 Kaldi bins with Δ and ΔΔ, 240-d."""
+
     num_mel_bins: int = 80
+    deltas: bool = True  # False: the 80-d log-mel bins alone
     cmvn: bool = True
 
 
@@ -55,19 +58,24 @@ class _FrontEnd(Upstream):
 
 
 class Fbank(_FrontEnd):
-    """Kaldi log-mel filterbank (:func:`speechssl.features.fbank`), Kaldi framing."""
+    """Kaldi log-mel filterbank (:func:`speechssl.features.fbank`), Kaldi framing, with Δ and ΔΔ
+    (:func:`speechssl.features.compute_deltas`, torchaudio's) unless ``deltas=False``."""
 
     min_samples = features.WINDOW
 
     @property
     def hidden_sizes(self) -> list[int]:
-        return [self.config.num_mel_bins]
+        return [self.config.num_mel_bins * (3 if self.config.deltas else 1)]
 
     def num_frames(self, wav_lens):
         return frames_snip_edges(wav_lens, features.WINDOW, features.HOP)
 
     def acoustic_features(self, wavs, wav_lens):
-        return features.fbank(wavs, wav_lens, self.config.num_mel_bins)
+        x, lengths = features.fbank(wavs, wav_lens, self.config.num_mel_bins)
+        if self.config.deltas:
+            d1 = features.compute_deltas(x, lengths)
+            x = torch.cat([x, d1, features.compute_deltas(d1, lengths)], dim=-1)  # (B, T, 3 * bins)
+        return x, lengths
 
 
 class MFCC(_FrontEnd):

@@ -377,7 +377,8 @@ def _check_config(config: CPCConfig) -> None:
         raise ValueError(f"cpc: predictor_window must be >= 1, got {config.predictor_window}")
 
 
-TINY = dict(
+TINY = dict(  # normalised waveforms: as cpc_tiny.yaml, so that quiet synthetic speech trains (see there)
+    normalize_waveform=True,
     conv_dim=32,
     context_size=32,
     num_predictions=4,

@@ -49,9 +49,12 @@ SIZES = {
         asv_per_speaker=3, asv_trials=30, ic=(20, 6, 8), er_per_class=(4, 1, 2), sd=(3, 1, 2), sd_turns=(3, 4),
         qbe_terms=3, qbe_docs=6, sf=(12, 4, 6), babble_tracks=2, noise_seconds=5.0,
     ),
+    # sized so that every task's head can learn and be told apart (issue 18): about 1 h of pretraining
+    # speech, 600 PR/ASR and IC training utterances, test sets of 200+ for PR, KS, SID, IC and ER
     "small": Size(
-        speakers=(16, 16, 10), pretrain=160, asr=(150, 25, 40), ks_per_class=(25, 5, 8), sid_per_speaker=(6, 2, 2),
-        asv_per_speaker=5, asv_trials=400, ic=(120, 25, 40), er_per_class=(25, 5, 10), sd=(20, 5, 8),
+        speakers=(24, 16, 12), pretrain=1200, asr=(600, 60, 200), ks_per_class=(40, 8, 17),
+        sid_per_speaker=(12, 3, 13), asv_per_speaker=5, asv_trials=400, ic=(600, 60, 200), er_per_class=(60, 10, 50),
+        sd=(20, 5, 8),
         sd_turns=(4, 8), qbe_terms=12, qbe_docs=30, sf=(100, 20, 30), babble_tracks=6, noise_seconds=10.0,
     ),
     "base": Size(
