@@ -129,7 +129,7 @@ def benchmark(
     cache_dtype: torch.dtype = torch.float16,
     layer: str | int = "weighted",
     trainable: bool = False,
-    normalize: bool = True,
+    normalize: bool = False,
     threads: int | None = None,
     metric: str | None = None,
     device: str = "cpu",
@@ -143,7 +143,8 @@ def benchmark(
     drawn from ``init_seed``): it goes into ``results.json`` and the run folder's identity.
 
     ``normalize``: the Featurizer standardises each hidden state per dimension with
-    statistics of the training set (frozen upstreams only). ``threads``: torch's
+    statistics of the training set (frozen upstreams only; off by default, as it
+    gained nothing measurable with the learning-rate grid: benchmarks/RESULTS.md). ``threads``: torch's
     intra-op threads while the head trains (the upstream fills the cache with the
     process's setting); small heads run faster on one thread (benchmarks/RESULTS.md).
     ``metric``: another of the task's metrics to select on dev and report (ASR's ``cer``

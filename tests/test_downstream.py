@@ -277,7 +277,7 @@ def test_normalising_featurizer_uses_training_set_statistics(superb_lite_tiny, t
     apc = speechssl.build_upstream("apc", **get_entry("apc").tiny).eval()
     data = rows(superb_lite_tiny, "ks")
     benchmark(apc, "ks", data, FEW_STEPS, tmp_path / "run", corpus="superb_lite", cache_dir=tmp_path / "cache",
-              cache_dtype=torch.float32)
+              cache_dtype=torch.float32, normalize=True)
     cache = FeatureCache(tmp_path / "cache", apc, "superb_lite/ks", dtype=torch.float32)
     frames = torch.cat([torch.stack(cache.load(r["id"])[1:]) for r in data["train"]], dim=1)  # (L, sum T, D)
     saved = load_file(tmp_path / "run" / "best" / "train.safetensors")
@@ -289,7 +289,7 @@ def test_normalising_featurizer_uses_training_set_statistics(superb_lite_tiny, t
     standardised = (frames - means[:, None]) / stds[:, None]
     assert standardised.mean(dim=1).abs().max() < 1e-3 and (standardised.std(dim=1) - 1).abs().max() < 1e-2
     off = benchmark(apc, "ks", data, FEW_STEPS, tmp_path / "raw", corpus="superb_lite", cache_dir=tmp_path / "cache",
-                    cache_dtype=torch.float32, normalize=False)
+                    cache_dtype=torch.float32)  # off by default
     assert "featurizer.means" not in load_file(tmp_path / "raw" / "best" / "train.safetensors") and off["step"] == 6
 
 
