@@ -34,27 +34,59 @@ class UtteranceClassifier(nn.Module):
         return [out(pooled) for out in self.outputs]
 
 
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``(B, T, D)`` with each utterance's valid frames in reverse order; padding stays at the end."""
+    T = x.shape[1]
+    t = torch.arange(T, device=x.device)[None]  # (1, T)
+    index = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # (B, T)
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+class BiLSTM(nn.Module):
+    """A bidirectional LSTM stack on a padded batch, as ``nn.LSTM(bidirectional=True)`` on packed sequences.
+
+    Each direction is a unidirectional ``nn.LSTM`` layer; the backward one reads every
+    utterance reversed within its own length, so it starts at the utterance's last valid
+    frame and padding only ever comes after valid frames. The outputs on valid frames
+    equal those of a packed ``nn.LSTM`` with the same weights; padding frames hold
+    garbage the caller masks. Packing costs nothing in the forward pass but makes the
+    backward pass of ``nn.LSTM`` on a CPU about 14x slower (benchmarks/RESULTS.md).
+    """
+
+    def __init__(self, input_dim: int, hidden: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [2 * hidden] * (num_layers - 1)
+        self.forward_layers = nn.ModuleList(nn.LSTM(d, hidden, batch_first=True) for d in dims)
+        self.backward_layers = nn.ModuleList(nn.LSTM(d, hidden, batch_first=True) for d in dims)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, T, D), ``lengths`` (B,) -> (B, T, 2 * hidden)."""
+        for ahead, behind in zip(self.forward_layers, self.backward_layers):
+            y_ahead, _ = ahead(x)  # (B, T, H)
+            y_behind, _ = behind(reverse_padded(x, lengths))
+            x = torch.cat([y_ahead, reverse_padded(y_behind, lengths)], dim=-1)  # (B, T, 2H)
+        return x
+
+
 class CTCHead(nn.Module):
     """Frame-wise token logits for CTC: a linear layer (SUPERB PR), or a BiLSTM stack first (SUPERB ASR).
 
     Returns ``(B, T, vocab)`` log-probabilities; padded frames are never read by the
-    loss (CTC takes the lengths) and the LSTM runs on packed sequences.
+    loss (CTC takes the lengths), and the BiLSTM (:class:`BiLSTM`) reads every
+    utterance as it would alone.
     """
 
     def __init__(self, input_dim: int, vocab_size: int, lstm_layers: int = 0, hidden: int = 256) -> None:
         super().__init__()
         self.lstm = None
         if lstm_layers:
-            self.lstm = nn.LSTM(input_dim, hidden, num_layers=lstm_layers, batch_first=True, bidirectional=True)
+            self.lstm = BiLSTM(input_dim, hidden, lstm_layers)
             input_dim = 2 * hidden
         self.output = nn.Linear(input_dim, vocab_size)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.lstm is not None:
-            T = x.shape[1]
-            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            x, _ = self.lstm(packed)
-            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=T)  # (B, T, 2H)
+            x = self.lstm(x, lengths)  # (B, T, 2H)
         return self.output(x).log_softmax(dim=-1)
 
 

@@ -325,3 +325,23 @@ def test_cli_random_init_control(superb_lite_tiny, tmp_path):
     assert identity["weights"] == upstream_fingerprint(expected, torch.float32)  # the same weights in any process
     assert identity["weights"] != upstream_fingerprint(random_upstream("apc", seed=0, hidden_size=128, num_layers=3),
                                                        torch.float32)
+
+
+def test_bilstm_on_a_padded_batch_equals_torchs_on_packed_sequences():
+    from downstream.heads import BiLSTM
+
+    torch.manual_seed(0)
+    ours, theirs = BiLSTM(6, 5, 2), torch.nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True)
+    with torch.no_grad():
+        for k in range(2):
+            for mine, suffix in ((ours.forward_layers[k], ""), (ours.backward_layers[k], "_reverse")):
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(mine, f"{name}_l0").copy_(getattr(theirs, f"{name}_l{k}{suffix}"))
+    lengths = torch.tensor([9, 4, 7])
+    x = torch.randn(3, 9, 6)
+    x[1, 4:] = 5.0  # padding content must not reach a valid frame
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected, _ = torch.nn.utils.rnn.pad_packed_sequence(theirs(packed)[0], batch_first=True)
+    got = ours(x, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(got[b, :n], expected[b, :n], atol=1e-6, rtol=1e-5)
