@@ -12,7 +12,7 @@ S3PRL  ?= s3prl==0.4.18
 
 DEMO   ?= runs/demo
 CORPUS ?= data/superb_lite
-# ASR's BiLSTM head takes many minutes a run on a CPU: TASKS="pr ks ic sid er asr" adds it
+# ASR's BiLSTM head takes about 5 minutes a run on a CPU core: TASKS="pr ks ic sid er asr" adds it
 TASKS  ?= pr ks ic sid er
 SSL    := $(VENV)/bin/speechssl
 # the tiny APC of benchmarks/RESULTS.md: 1200 steps on SUPERB-lite small's hour of pretraining speech
