@@ -17,7 +17,8 @@ from upstream.cpc import CONV_LAYERS, CPCObjective, local_causal_attention
 
 
 def tiny(**overrides):
-    return signals.tiny("cpc", **overrides)
+    """The registered tiny size on the raw waveform (as CPC_audio and s3prl read it) unless told otherwise."""
+    return signals.tiny("cpc", **{"normalize_waveform": False, **overrides})
 
 
 def count(module):
