@@ -259,8 +259,7 @@ class Featurizer(nn.Module):
             stacked = torch.stack([self._normalise(hidden_states[i], k) for k, i in enumerate(self.used)])  # (L, B, T, D)
             weights = torch.softmax(self.weights, dim=0).to(stacked.dtype)
             x = torch.einsum("l,lbtd->btd", weights, stacked)
-        x = x.masked_fill(~lengths_to_mask(lengths, x.shape[1])[..., None], 0.0)
-        return x, lengths
+        return zero_padding([x], lengths)[0], lengths
 
     def _normalise(self, h: torch.Tensor, k: int) -> torch.Tensor:
         """State ``h`` (B, T, D), the ``k``-th taking part, standardised and layer-normed as configured."""

@@ -31,7 +31,6 @@ from torch import nn
 from speechssl.data.audio import collate as collate_waveforms
 
 LABEL_PAD = -100  # frame labels past an utterance's end (torch's cross_entropy ignore_index)
-CROPS = ("first", "random")
 
 
 class Objective(nn.Module):

@@ -106,13 +106,7 @@ def random_upstream(name: str, *, seed: int, ckpt: str | os.PathLike | None = No
     """
     import torch
 
-    from speechssl.checkpoint import read_upstream_checkpoint
-
-    config: dict[str, Any] = {}
-    if ckpt is not None:
-        saved_name, config, _ = read_upstream_checkpoint(ckpt)
-        if saved_name != name:
-            raise CheckpointError(f"{ckpt}: holds a '{saved_name}' upstream, not '{name}'")
+    config = _checkpoint_of(name, ckpt)[0] if ckpt is not None else {}
     with torch.random.fork_rng(devices=[]):  # the CPU generator only: the model is built on the CPU
         torch.manual_seed(seed)
         model = build_upstream(name, **{**config, **overrides})
@@ -131,14 +125,10 @@ def load_upstream(name: str, ckpt: str | os.PathLike | None = None, **overrides:
     folder holding one). The config saved with it is used, ``overrides`` on top.
     A checkpoint of another model raises :class:`CheckpointError`.
     """
-    from speechssl.checkpoint import read_upstream_checkpoint
-
     if ckpt is None:
         model = build_upstream(name, **overrides)
         return model.eval()
-    saved_name, config, state = read_upstream_checkpoint(ckpt)
-    if saved_name != name:
-        raise CheckpointError(f"{ckpt}: holds a '{saved_name}' upstream, not '{name}'")
+    config, state = _checkpoint_of(name, ckpt)
     model = build_upstream(name, **{**config, **overrides})
     try:
         model.load_state_dict(state, strict=True)
@@ -147,3 +137,13 @@ def load_upstream(name: str, ckpt: str | os.PathLike | None = None, **overrides:
         shown = "; ".join(problems[:2]) + (f"; and {len(problems) - 2} more" if len(problems) > 2 else "")
         raise CheckpointError(f"{ckpt}: weights do not fit upstream '{name}' with this config: {shown}") from e
     return model.eval()
+
+
+def _checkpoint_of(name: str, ckpt: str | os.PathLike) -> tuple[dict[str, Any], dict]:
+    """``(config, weights)`` saved in ``ckpt``; a checkpoint of another upstream raises :class:`CheckpointError`."""
+    from speechssl.checkpoint import read_upstream_checkpoint
+
+    saved_name, config, state = read_upstream_checkpoint(ckpt)
+    if saved_name != name:
+        raise CheckpointError(f"{ckpt}: holds a '{saved_name}' upstream, not '{name}'")
+    return config, state

@@ -140,9 +140,10 @@ class AudioDataset(torch.utils.data.Dataset):
                 f"{type(objective).__name__} needs manifest column(s) {', '.join(missing)}; the training set "
                 f"has {', '.join(self.utterances[0].columns) or 'none besides id, path, num_samples'}"
             )
-        kept = [u for u in self.utterances if not upstream.too_short(u.num_samples)]
-        if len(kept) < len(self.utterances):
-            dropped = [u for u in self.utterances if upstream.too_short(u.num_samples)]
+        short = [upstream.too_short(u.num_samples) is not None for u in self.utterances]
+        kept = [u for u, s in zip(self.utterances, short) if not s]
+        dropped = [u for u, s in zip(self.utterances, short) if s]
+        if dropped:
             log.warning(
                 "%d utterance(s) left out, %s: e.g. %s", len(dropped), upstream.too_short(dropped[0].num_samples),
                 ", ".join(str(u.path) for u in dropped[:3]),
