@@ -10,7 +10,9 @@ the frame count ``T`` is known. Every random draw takes an explicit
 - :func:`frame_mask`: Mockingjay / TERA masked acoustic model input
   (consecutive frames with the 80/10/10 policy, channel blocks, noise).
 - :func:`sample_negatives`: distractors for contrastive losses (wav2vec 2.0,
-  CPC, vq-wav2vec), drawn from the same utterance.
+  CPC, vq-wav2vec), drawn from the same utterance; :func:`negative_indices` the
+  draw alone.
+- :func:`masked_positions`: the frames of a mask, packed to the front of each row.
 - :func:`shift_targets`: n-step-ahead targets for APC and CPC.
 - :func:`lengths_to_mask` (from :mod:`speechssl.interface`): ``(B,)`` lengths to a ``(B, T)`` validity mask.
 
@@ -239,6 +241,37 @@ def _channel_blocks(B: int, D: int, width: int, device: torch.device, generator:
     return (chans >= low[:, None]) & (chans < (low + widths)[:, None])
 
 
+def negative_indices(
+    lengths: Tensor,
+    num_negatives: int,
+    *,
+    positions: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Frame indices of distractors from the same utterance: the draw of :func:`sample_negatives`.
+
+    For each position ``p`` of row ``b``, ``num_negatives`` indices drawn uniformly with
+    replacement among ``0 .. lengths[b] - 1`` other than ``p`` (all of them for a
+    position in the padding). ``positions`` (B, P) long; returns (B, P, N) long.
+    Objectives that score the negatives through one similarity matrix (wav2vec 2.0)
+    gather scores with these indices instead of copying ``N`` feature vectors per position.
+    """
+    _check_lengths(lengths)
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    B = lengths.shape[0]
+    if positions.dim() != 2 or positions.shape[0] != B:
+        raise ValueError(f"positions must be (B={B}, P), got shape {tuple(positions.shape)}")
+    P = positions.shape[1]
+    # Draw among the len - 1 other frames and step over the positive (all len frames
+    # for a position in the padding): uniform over the others.
+    is_valid = (positions < lengths[:, None]).long()  # (B, P)
+    others = (lengths[:, None] - is_valid).clamp(min=1)[:, :, None].expand(B, P, num_negatives)
+    indices = _uniform_below(others, generator, torch.float32)  # (B, P, N)
+    indices = indices + (indices >= positions[:, :, None]).long()
+    return torch.minimum(indices, (lengths - 1).clamp(min=0)[:, None, None])
+
+
 def sample_negatives(
     x: Tensor,
     lengths: Tensor,
@@ -269,25 +302,30 @@ def sample_negatives(
     """
     if x.dim() != 3:
         raise ValueError(f"x must be (B, T, D), got shape {tuple(x.shape)}")
-    _check_lengths(lengths)
-    if num_negatives < 1:
-        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
     B, T, D = x.shape
     if positions is None:
         positions = torch.arange(T, device=x.device).expand(B, T)
-    elif positions.dim() != 2 or positions.shape[0] != B:
-        raise ValueError(f"positions must be (B={B}, P), got shape {tuple(positions.shape)}")
-    P = positions.shape[1]
-    # Draw among the len - 1 other frames and step over the positive (all len frames
-    # for a position in the padding): uniform over the others.
-    is_valid = (positions < lengths[:, None]).long()  # (B, P)
-    others = (lengths[:, None] - is_valid).clamp(min=1)[:, :, None].expand(B, P, num_negatives)
-    indices = _uniform_below(others, generator, torch.float32)  # (B, P, N)
-    indices = indices + (indices >= positions[:, :, None]).long()
-    indices = torch.minimum(indices, (lengths - 1).clamp(min=0)[:, None, None])
+    indices = negative_indices(lengths, num_negatives, positions=positions, generator=generator)
     rows = torch.arange(B, device=x.device)[:, None, None] * T
     negatives = x.reshape(B * T, D).index_select(0, (rows + indices).view(-1))
-    return negatives.view(B, P, num_negatives, D), indices
+    return negatives.view(B, positions.shape[1], num_negatives, D), indices
+
+
+def masked_positions(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, T)`` bool mask -> the masked frames of each row in order, packed to the front.
+
+    Returns ``positions`` ``(B, P)`` long (``P`` the most masked frames of a row; rows
+    with fewer are filled with 0) and ``counts`` ``(B,)``: ``positions[b, :counts[b]]``
+    are the masked frames of row ``b``, ascending. One host read (``P``).
+    """
+    if mask.dim() != 2 or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a (B, T) bool tensor, got {mask.dtype} of shape {tuple(mask.shape)}")
+    counts = mask.sum(dim=1)
+    P = int(counts.max()) if mask.numel() else 0
+    # A stable sort of ~mask puts each row's masked frames first, in order.
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :P]
+    valid = torch.arange(P, device=mask.device) < counts[:, None]
+    return torch.where(valid, order, 0), counts
 
 
 def shift_targets(x: Tensor, lengths: Tensor, n: int) -> tuple[Tensor, Tensor]:

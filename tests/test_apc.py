@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from speechssl.registry import build_upstream
 from upstream.apc import APCObjective
-from upstream.modules.quantizer import GumbelVQ
 
 
 def tiny(name="apc", **overrides):
@@ -126,20 +125,6 @@ def test_vq_codes_in_range_and_extra_outputs():
     with torch.no_grad():
         h2 = model.rnns[1](feats.extra["quantized_1"][:1])[0] + feats.extra["quantized_1"][:1]
     torch.testing.assert_close(feats.hidden_states[2][0], h2[0])
-
-
-def test_gumbel_vq_trains_through_straight_through_and_follows_its_generator():
-    vq = GumbelVQ(8, 16, groups=2, temperature=0.5).train()
-    x = torch.randn(3, 5, 8, requires_grad=True)
-    q1, c1 = vq(x, torch.Generator().manual_seed(0))
-    q2, c2 = vq(x, torch.Generator().manual_seed(0))
-    assert torch.equal(c1, c2) and torch.equal(q1, q2)
-    torch.testing.assert_close(q1.view(3, 5, 2, 4)[0, 0, 1], vq.codebook[1, c1[0, 0, 1]])
-    q1.sum().backward()
-    assert vq.logit_weight.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
-    vq.eval()
-    logits = torch.einsum("btgd,gdc->btgc", x.view(3, 5, 2, 4), vq.logit_weight) + vq.logit_bias
-    assert torch.equal(vq(x)[1], logits.argmax(-1))
 
 
 def test_vq_apc_logs_the_code_perplexity_of_valid_frames():

@@ -140,9 +140,10 @@ def test_encoder_layer_equals_torch_transformer_layer(pre_ln):
     lengths = torch.tensor([9, 5])
     valid = speechssl.interface.lengths_to_mask(lengths, 9)
     with torch.no_grad():
-        got = ours(x, valid[:, None, None, :])
+        got, got_lengths = ours(x, lengths)
         expected = ref(x, src_key_padding_mask=~valid)
     torch.testing.assert_close(got[valid], expected[valid], atol=1e-5, rtol=1e-5)
+    assert got_lengths is lengths
 
 
 def test_hidden_states_are_input_then_every_layer():
@@ -154,7 +155,7 @@ def test_hidden_states_are_input_then_every_layer():
     x, lengths = model.front_end(wavs, torch.tensor([16000, 9000]))
     with torch.no_grad():
         h0 = model.input_norm(model.input_projection(x) + sinusoid_positions(101, 64))
-        h1 = model.transformer.layers[0](h0, speechssl.interface.lengths_to_mask(lengths)[:, None, None])
+        h1, _ = model.transformer.layers[0](h0, lengths)
     torch.testing.assert_close(feats.hidden_states[0][0], h0[0])
     torch.testing.assert_close(feats.hidden_states[1][0], h1[0])
     assert (feats.hidden_states[2][1, 57:] == 0).all()

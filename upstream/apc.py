@@ -30,7 +30,7 @@ from speechssl.interface import Features, Upstream, zero_padding
 from speechssl.masking import shift_targets
 from speechssl.objective import Objective
 from speechssl.registry import register
-from upstream.modules.quantizer import GumbelVQ
+from upstream.modules.quantizer import GumbelQuantizer
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -93,7 +93,9 @@ class APC(Upstream):
         self.dropout = nn.Dropout(config.dropout)
         self.quantizers = nn.ModuleDict(
             {
-                str(i + 1): GumbelVQ(H, config.codebook_size, config.vq_groups, config.gumbel_temperature)
+                str(i + 1): GumbelQuantizer(
+                    H, config.codebook_size, config.vq_groups, split_input=True, temperature=config.gumbel_temperature
+                )
                 for i in self.vq_after
             }
         )
@@ -137,8 +139,9 @@ class APC(Upstream):
                 out = out + h
             states.append(out)
             if str(i + 1) in self.quantizers:
-                out, codes = self.quantizers[str(i + 1)](out, generator)
-                extra[f"codes_{i + 1}"], extra[f"quantized_{i + 1}"] = codes, out
+                quantized = self.quantizers[str(i + 1)](out, generator=generator)
+                out = quantized.values
+                extra[f"codes_{i + 1}"], extra[f"quantized_{i + 1}"] = quantized.codes, out
             h = out
         extra = dict(zip(extra, zero_padding(list(extra.values()), lengths)))
         return Features(zero_padding(states, lengths), lengths, extra)

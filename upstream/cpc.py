@@ -64,6 +64,7 @@ from speechssl.interface import Features, Upstream, lengths_to_mask, zero_paddin
 from speechssl.masking import sample_negatives, shift_targets
 from speechssl.objective import Objective
 from speechssl.registry import register
+from upstream.modules.contrastive import info_nce
 
 # (kernel, stride, padding) of CPC_audio's CPCEncoder: 160 samples (10 ms) per frame.
 CONV_LAYERS = [[10, 5, 3], [8, 4, 2], [4, 2, 1], [4, 2, 1], [4, 2, 1]]
@@ -310,7 +311,7 @@ class CPCObjective(Objective):
         z, lengths = self.upstream.front_end(batch["wavs"], batch["wav_lens"])
         c = self.upstream.encoder(z, lengths).last
         logits, valid, _ = self.scores(z, c, lengths, generator)
-        return info_nce(logits, valid)
+        return cpc_losses(logits, valid)
 
     def scores(
         self, z: torch.Tensor, c: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
@@ -340,12 +341,10 @@ class CPCObjective(Objective):
         return torch.cat([positive, negative], dim=-1).float(), valid, indices
 
 
-def info_nce(logits: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Cross entropy with class 0 over the ``valid`` rows of ``logits`` (B, T, K, C) -> ``(loss, logs)``."""
-    per_pair = torch.logsumexp(logits, dim=-1) - logits[..., 0]  # (B, T, K)
-    correct = valid & (logits[..., 0] > logits[..., 1:].amax(dim=-1))  # (B, T, K)
+def cpc_losses(logits: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """InfoNCE over the ``valid`` rows of ``logits`` (B, T, K, C) -> ``(loss, logs)`` with per-step accuracy."""
+    loss, correct = info_nce(logits, valid)  # correct (B, T, K)
     count = valid.sum().clamp(min=1)
-    loss = torch.where(valid, per_pair, 0.0).sum() / count
     per_step = correct.sum(dim=(0, 1)) / valid.sum(dim=(0, 1)).clamp(min=1)  # (K,)
     logs = {
         "infonce": loss.detach(),
