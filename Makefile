@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1
 S3PRL  ?= s3prl==0.4.18
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean bench-deps bench
 
 DEMO   ?= runs/demo
 CORPUS ?= data/superb_lite
@@ -33,6 +33,15 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 
 test: install
 	$(PY) -m pytest -q
+
+# every peer the benchmarks compare against (benchmarks/README.md), then every benchmark
+bench-deps: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+
+bench: bench-deps
+	for script in masking pretrain_step benchmark_epoch downstream_threads; do \
+	  PYTHONPATH=$(CURDIR) $(PY) benchmarks/$$script.py || exit 1; \
+	done
 
 # The embedded corpus, a tiny APC pretrained on it, then per task fbank, the APC and the
 # APC's random-init control (same architecture, weights from the seed), each with the

@@ -1,6 +1,8 @@
-"""One pretraining step, ours against s3prl's own code: Mockingjay (3 x 768) and APC (3 x 512).
+"""One pretraining step, ours against the peers' own code: Mockingjay (3 x 768) and APC (3 x 512)
+against s3prl, wav2vec 2.0 base against HF's ``Wav2Vec2ForPreTraining``.
 
-    PYTHONPATH=$PWD python benchmarks/pretrain_step.py [--steps 5] [--no-write]
+    PYTHONPATH=$PWD python benchmarks/pretrain_step.py [--models mockingjay apc wav2vec2] [--steps 5] [--no-write]
+    PYTHONPATH=$PWD python benchmarks/pretrain_step.py --models wav2vec2 --device cuda --batch 8 --seconds 15
 
 A step is what a training loop does per batch: masking (or shifting targets),
 forward, loss, backward and an AdamW update. Both sides get identical batches
@@ -17,6 +19,17 @@ both alike). s3prl is optional: without it, only our figures are printed.
 Ours is also timed under CPU bf16 autocast (Mockingjay), and a tiny Mockingjay
 is trained for a few steps in fp32 and bf16 to compare the final losses.
 Medians over ``--steps`` timed steps after one warm-up step.
+
+wav2vec 2.0 base (:func:`wav2vec2_steps`): B clips (``--batch``, default 2) of
+``--seconds`` (4) of noise-like audio, identical for both; a step is HF's
+example script's (``examples/pytorch/speech-pretraining``): ``_compute_mask_indices``
+and ``_sample_negative_indices`` (NumPy, on the host), ``Wav2Vec2ForPreTraining``
+forward with the Gumbel temperature set, backward, AdamW; ours is
+``Wav2Vec2Objective(batch, step=...)``, backward, AdamW. Same sizes and config
+(mask 0.65 x 10, 100 distractors, LayerDrop 0.05, dropouts 0.1, 2 x 320 codes);
+ours also has fairseq's feature penalty and conv gradient scaling, which HF
+lacks. In fp32 and under bf16 autocast (CPU or CUDA), interleaved; on CUDA with
+peak memory. A missing peer (transformers, s3prl) is reported, not raised.
 """
 
 from __future__ import annotations
@@ -72,12 +85,13 @@ def import_s3prl() -> dict | None:
     """
     spec = importlib.util.find_spec("s3prl")
     if spec is None:
+        print("s3prl: not installed (pip install s3prl==0.4.18 --no-deps, then pandas; or make bench)", file=sys.stderr)
         return None
     clashing = ("upstream", "pretrain", "utility")
     ours = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in clashing}
     sys.path.insert(0, str(Path(spec.origin).parent))
     try:
-        return {
+        return {  # fmt: skip
             "TransformerForMaskedAcousticModel": importlib.import_module(
                 "pretrain.mockingjay.pretrain_expert"
             ).TransformerForMaskedAcousticModel,
@@ -87,6 +101,9 @@ def import_s3prl() -> dict | None:
             "TransformerConfig": importlib.import_module("upstream.mockingjay.model").TransformerConfig,
             "APC": importlib.import_module("upstream.apc.apc").APC,
         }
+    except ImportError as error:  # s3prl installed --no-deps without what its pretraining code imports
+        print(f"s3prl: not usable ({error}; pip install pandas, or make bench)", file=sys.stderr)
+        return None
     finally:
         sys.path.pop(0)
         for k in [k for k in sys.modules if k.split(".")[0] in clashing]:
@@ -162,6 +179,110 @@ def our_steps() -> dict:
         "mockingjay_bf16": lambda i: mockingjay_step(i, bf16),
         "apc_fp32": apc_step,
     }
+
+
+W2V_CONFIG = dict(  # the HF names of our Wav2Vec2Config defaults (fairseq's base recipe)
+    mask_time_prob=0.65, mask_time_length=10, mask_time_min_masks=2, num_negatives=100, layerdrop=0.05,
+    hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
+    feat_quantizer_dropout=0.1, contrastive_logits_temperature=0.1, diversity_loss_weight=0.1,
+    num_codevectors_per_group=320, num_codevector_groups=2, codevector_dim=256, proj_codevector_dim=256,
+    apply_spec_augment=True, mask_feature_prob=0.0,
+)  # fmt: skip
+
+
+def wav2vec2_batch(i: int, batch: int, seconds: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(i)
+    wavs = 0.1 * torch.randn(batch, int(seconds * 16000), generator=g)
+    return wavs.to(device), torch.full((batch,), wavs.shape[1], device=device)
+
+
+def wav2vec2_steps(batch: int, seconds: float, device: str, precisions=("fp32", "bf16")) -> dict:
+    """``{"ours"|"hf": {precision: step(i)}}`` for wav2vec 2.0 base; "hf" missing without transformers."""
+    from upstream.wav2vec2 import Wav2Vec2, Wav2Vec2Config, Wav2Vec2Objective
+
+    autocasts = {"fp32": nullcontext, "bf16": lambda: torch.autocast(device.split(":")[0], dtype=torch.bfloat16)}
+    autocasts = {p: autocasts[p] for p in precisions}
+    torch.manual_seed(0)
+    ours = Wav2Vec2Objective(Wav2Vec2(Wav2Vec2Config())).to(device).train()
+    our_optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-5)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def our_step(i, precision):
+        wavs, lens = wav2vec2_batch(i, batch, seconds, device)
+        with autocasts[precision]():
+            loss, _ = ours({"wavs": wavs, "wav_lens": lens}, step=i, generator=generator)
+        loss.backward()
+        our_optimizer.step()
+        our_optimizer.zero_grad(set_to_none=True)
+
+    steps = {"ours": {p: (lambda i, p=p: our_step(i, p)) for p in autocasts}}
+    try:
+        import transformers
+        from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+    except ImportError as error:
+        print(f"transformers: not installed ({error}; pip install transformers, or make bench)", file=sys.stderr)
+        return steps
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    hf = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**W2V_CONFIG)).to(device).train()
+    hf_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-5)
+
+    def hf_step(i, precision):
+        wavs, _ = wav2vec2_batch(i, batch, seconds, device)
+        frames = int(hf._get_feat_extract_output_lengths(wavs.shape[1]))
+        shape = (wavs.shape[0], frames)
+        mask = _compute_mask_indices(shape, hf.config.mask_time_prob, hf.config.mask_time_length, min_masks=2)
+        negatives = _sample_negative_indices(shape, hf.config.num_negatives, mask)
+        hf.set_gumbel_temperature(max(2.0 * 0.999995**i, 0.5))
+        with autocasts[precision]():
+            out = hf(
+                wavs,
+                mask_time_indices=torch.tensor(mask, device=device, dtype=torch.long),
+                sampled_negative_indices=torch.tensor(negatives, device=device, dtype=torch.long),
+            )
+        out.loss.backward()
+        hf_optimizer.step()
+        hf_optimizer.zero_grad(set_to_none=True)
+
+    steps["hf"] = {p: (lambda i, p=p: hf_step(i, p)) for p in autocasts}
+    return steps
+
+
+def time_wav2vec2(steps: dict, n: int, device: str) -> dict:
+    """``{(who, precision): (median s/step, peak GiB or None)}``, interleaved step by step."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = {(who, p): [] for who, by_p in steps.items() for p in by_p}
+    peaks = {key: 0.0 for key in times}
+    for i in range(n + 1):
+        for (who, p) in times:
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            start = time.perf_counter()
+            steps[who][p](i)
+            sync()
+            times[(who, p)].append(time.perf_counter() - start)
+            if device.startswith("cuda"):
+                peaks[(who, p)] = max(peaks[(who, p)], torch.cuda.max_memory_allocated() / 2**30)
+    return {key: (statistics.median(t[1:]), peaks[key] if device.startswith("cuda") else None) for key, t in times.items()}
+
+
+def wav2vec2_table(results: dict, target: float = 1.2) -> str:
+    lines = ["| precision | HF s/step | ours s/step | speed-up | target | HF peak GiB | ours peak GiB |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for precision in ("fp32", "bf16"):
+        if ("ours", precision) not in results:
+            continue
+        ours, our_peak = results[("ours", precision)]
+        if ("hf", precision) in results:
+            hf, hf_peak = results[("hf", precision)]
+            ratio = hf / ours
+            verdict = "met" if ratio >= target else "NOT met"
+            peaks = (f"{hf_peak:.2f}", f"{our_peak:.2f}") if our_peak is not None else ("-", "-")
+            lines.append(f"| {precision} | {hf:.2f} | {ours:.2f} | {ratio:.2f}x | >= {target}x: {verdict} | {peaks[0]} | {peaks[1]} |")
+        else:
+            lines.append(f"| {precision} | not installed | {ours:.2f} | - | >= {target}x | - | - |")
+    return "\n".join(lines)
 
 
 def time_interleaved(steps_by_name: dict, steps: int) -> dict:
@@ -244,9 +365,8 @@ def table(ours: dict, peer: dict | None, steps: int) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace (or append) the "## Pretraining step (issue 6)" section of ``path``."""
-    header = "## Pretraining step (issue 6)"
+def write_results(path: Path, text: str, header: str = "## Pretraining step (issue 6)") -> None:
+    """Replace (or append) the section of ``path`` that starts with ``header``."""
     old = path.read_text() if path.exists() else ""
     if header in old:
         before, _, rest = old.partition(header)
@@ -257,34 +377,32 @@ def write_results(path: Path, text: str) -> None:
     path.write_text((old.rstrip() + "\n\n" if old.strip() else "") + text.rstrip() + "\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (after one warm-up)")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not update benchmarks/RESULTS.md")
-    args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    results, peer = {}, {}
+def machine_line() -> str:
+    return (
+        f"{cpu_model()}, {torch.get_num_threads()} threads ({os.cpu_count()} cores visible), "
+        f"torch {torch.__version__}, Python {platform.python_version()}, load average "
+        f"{os.getloadavg()[0]:.1f} at the end"
+    )
 
+
+def run_s3prl_models(args) -> None:
+    results, peer = {}, {}
     s3prl = import_s3prl()
-    if s3prl is None:
-        print("s3prl: not installed (pip install s3prl==0.4.18 --no-deps; pandas matplotlib)", file=sys.stderr)
     ours = our_steps()
     theirs = s3prl_steps(s3prl) if s3prl else {}
     for group in ("mockingjay", "apc"):
+        if group not in args.models:
+            continue
         steps = {f"s3prl {k}": f for k, f in theirs.items() if k.startswith(group)}
         steps |= {f"ours {k}": f for k, f in ours.items() if k.startswith(group)}
         for name, seconds in time_interleaved(steps, args.steps).items():
             print(f"{name}: {seconds:.3f} s/step", file=sys.stderr)
             who, key = name.split(" ")
             (peer if who == "s3prl" else results)[key] = seconds
+    if not {"mockingjay", "apc"} <= set(args.models):
+        return  # the section's table needs both
     results["tiny_final_loss"] = {p: tiny_run(p) for p in ("fp32", "bf16")}
     peer = peer or None
-
-    machine = (
-        f"{cpu_model()}, {torch.get_num_threads()} threads ({os.cpu_count()} cores visible), "
-        f"torch {torch.__version__}, Python {platform.python_version()}, load average "
-        f"{os.getloadavg()[0]:.1f} at the end"
-    )
     text = (
         "## Pretraining step (issue 6)\n\n"
         "`python benchmarks/pretrain_step.py`: one training step (masking or target shift, forward, "
@@ -293,7 +411,7 @@ def main() -> None:
         "(`generate_masked_acoustic_model_data` + `TransformerForMaskedAcousticModel`; `upstream/apc/apc.py` "
         "`APC` with packing) against ours (`MockingjayObjective.loss_on_features`, "
         "`APCObjective.loss_on_features`), same sizes, torch.optim.AdamW on both sides.\n\n"
-        f"Machine: {machine}. The machine is shared: steps of s3prl and ours are interleaved so "
+        f"Machine: {machine_line()}. The machine is shared: steps of s3prl and ours are interleaved so "
         "that other processes' load falls on both alike, but single figures vary by 10-30% from run to run.\n\n"
         + table(results, peer, args.steps)
         + "\n"
@@ -301,6 +419,48 @@ def main() -> None:
     print(text)
     if not args.no_write:
         write_results(ROOT / "benchmarks" / "RESULTS.md", text)
+
+
+def run_wav2vec2(args) -> None:
+    steps = wav2vec2_steps(args.batch, args.seconds, args.device, args.precisions)
+    results = time_wav2vec2(steps, args.steps, args.device)
+    for (who, precision), (seconds, _) in results.items():
+        print(f"wav2vec2 {who} {precision}: {seconds:.3f} s/step", file=sys.stderr)
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_model()
+    header = f"## wav2vec 2.0 pretraining step, {'GPU' if args.device.startswith('cuda') else 'CPU'} (issue 19)"
+    text = (
+        f"{header}\n\n"
+        f"`python benchmarks/pretrain_step.py --models wav2vec2 --batch {args.batch} --seconds {args.seconds:g}"
+        f"{' --device ' + args.device if args.device != 'cpu' else ''}`: one wav2vec 2.0 base step "
+        f"(masking, distractors, forward, loss, backward, AdamW) on B={args.batch} clips of {args.seconds:g} s, "
+        f"identical for both; HF transformers' `Wav2Vec2ForPreTraining` as its pretraining example runs it "
+        f"(NumPy `_compute_mask_indices` and `_sample_negative_indices`) against our `Wav2Vec2Objective`; "
+        f"median of {args.steps} interleaved steps after a warm-up.\n\n"
+        f"Machine: {device}; {machine_line()}.\n\n" + wav2vec2_table(results) + "\n"
+    )
+    print(text)
+    if not args.no_write:
+        write_results(ROOT / "benchmarks" / "RESULTS.md", text, header)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["mockingjay", "apc", "wav2vec2"],
+                        choices=["mockingjay", "apc", "wav2vec2"], help="which comparisons to run")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (after one warm-up)")
+    parser.add_argument("--batch", type=int, default=2, help="wav2vec 2.0: clips per batch")
+    parser.add_argument("--seconds", type=float, default=4.0, help="wav2vec 2.0: seconds per clip")
+    parser.add_argument("--device", default="cpu", help="wav2vec 2.0: cpu or cuda")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="wav2vec 2.0: precisions to time (bf16 autocast is emulated, 20x slower, on CPUs "
+                             "without bf16 units)")  # fmt: skip
+    parser.add_argument("--no-write", action="store_true", help="print only; do not update benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if {"mockingjay", "apc"} & set(args.models):
+        run_s3prl_models(args)
+    if "wav2vec2" in args.models:
+        run_wav2vec2(args)
 
 
 if __name__ == "__main__":

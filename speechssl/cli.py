@@ -100,6 +100,8 @@ def run_extract(cfg) -> int:
     from speechssl.extract import extract
 
     layer = parse_layer(cfg.layer, ("all", "weighted", "last"))
+    if not isinstance(cfg.codes, bool):
+        raise ConfigError(f"codes={cfg.codes!r}; expected true or false")
     report = extract(
         upstream_from_config(cfg),
         cfg.input,
@@ -107,6 +109,7 @@ def run_extract(cfg) -> int:
         layer=layer,
         device=cfg.device,
         batch_seconds=float(cfg.batch_seconds),
+        codes=cfg.codes,
     )
     log.info("wrote features of %d utterance(s) to %s", len(report.written), cfg.output)
     if report.skipped:

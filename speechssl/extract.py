@@ -4,6 +4,16 @@ Used by ``speechssl extract``; callable from Python with a loaded upstream.
 Batches are filled by total padded duration, longest utterances first, so memory
 stays bounded whatever the mix of lengths. A file that cannot be read is reported
 by name and skipped; the others are still extracted.
+
+On disk: ``output/ID.safetensors`` per utterance, holding ``hidden_state_00``,
+``hidden_state_01``, .. (``layer=all``) or ``features`` (one layer or the
+weighted sum), each float32 ``(frames, dim)``; with ``codes=True`` also
+``codes``, int64 ``(frames, groups)``: the discrete code ids of each frame
+(``Features.extra["codes"]``, vq-wav2vec's units, the input of its "discrete
+units + BERT" recipe), on the same frames as the features. The metadata names
+the upstream, the layer, the source file, ``downsample_rate`` and
+``num_samples``. ``output/index.tsv`` lists id, source, feature file,
+``num_frames`` and ``num_samples``, one utterance a row.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from speechssl.data.audio import (
 )
 from speechssl.data.sampler import plan_batches
 from speechssl.device import check_device
-from speechssl.errors import AudioError
+from speechssl.errors import AudioError, ConfigError
 from speechssl.interface import Featurizer, Upstream
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,7 @@ def extract(
     layer: str | int = "all",
     device: str = "cpu",
     batch_seconds: float = 160.0,
+    codes: bool = False,
 ) -> ExtractReport:
     """Extract features of every utterance under ``source`` into ``output``.
 
@@ -56,10 +67,15 @@ def extract(
     ``"weighted"``, ``"last"`` or an int writes one ``features`` (T, D) tensor through a
     :class:`Featurizer` (``"weighted"`` with equal weights: the mean of the layers).
     ``output/index.tsv`` lists id, source path, feature file, frames and samples.
+    ``codes=True`` also writes the upstream's discrete code ids as ``codes`` (T, G)
+    int64; an upstream without ``Features.extra["codes"]`` raises :class:`ConfigError`
+    before any audio is read.
     """
     check_device(device)
     featurizer = None if layer == "all" else Featurizer(upstream, layer).to(device)
     upstream = upstream.to(device).eval()
+    if codes:
+        _check_codes(upstream, device)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     report = ExtractReport()
@@ -88,18 +104,32 @@ def extract(
                     _skip(report, path, str(e))
                 progress.update(round(num_samples / SAMPLE_RATE, 1))
             if loaded:
-                rows += _extract_batch(upstream, featurizer, loaded, output, layer, device, report)
+                rows += _extract_batch(upstream, featurizer, loaded, output, layer, device, report, codes)
     _write_index(output / INDEX_FILE, rows)
     return report
 
 
-def _extract_batch(upstream, featurizer, loaded, output, layer, device, report) -> list[list]:
+def _check_codes(upstream: Upstream, device: str) -> None:
+    """Refuse ``codes=True`` for an upstream whose features carry no ``extra["codes"]`` (one short forward pass)."""
+    with torch.inference_mode():
+        extra = upstream(torch.zeros(1, max(upstream.min_samples, SAMPLE_RATE // 10), device=device)).extra
+    if "codes" not in extra:
+        has = ", ".join(sorted(extra)) or "none"
+        raise ConfigError(
+            f"codes=true: upstream '{upstream.name}' has no discrete codes (Features.extra['codes']; "
+            f"its extra outputs: {has})"
+        )
+
+
+def _extract_batch(upstream, featurizer, loaded, output, layer, device, report, codes=False) -> list[list]:
     wavs, wav_lens = collate([wav for _, _, wav in loaded])
     feats = upstream(wavs.to(device), wav_lens.to(device))
     if featurizer is None:
         named = {f"hidden_state_{i:02d}": h for i, h in enumerate(feats.hidden_states)}
     else:
         named = {"features": featurizer(feats)[0]}
+    if codes:
+        named["codes"] = feats.extra["codes"]  # (B, T, G) int64
     lengths = feats.lengths.cpu()
     rows = []
     for b, (utt_id, path, wav) in enumerate(loaded):

@@ -76,12 +76,23 @@ def lr_factor(step: int, cfg: TrainerConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN needs for fast bf16 kernels."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def check_config(cfg: TrainerConfig, device: str) -> None:
     """Refuse values the loop cannot run with, naming the ``trainer.*`` key, before any work starts."""
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={cfg.precision!r}; expected one of {', '.join(PRECISIONS)}")
     if cfg.precision == "fp16" and not device.startswith("cuda"):
         raise ConfigError("trainer.precision=fp16 needs CUDA; on a CPU use bf16 or fp32")
+    if cfg.precision == "bf16" and device.startswith("cpu") and not _cpu_has_bf16():
+        log.warning(
+            "trainer.precision=bf16 on a CPU without bf16 units (%s): PyTorch emulates it, and a wav2vec 2.0 "
+            "base step measured 20x slower than in fp32 (benchmarks/RESULTS.md); trainer.precision=fp32 is faster here",
+            torch.backends.cpu.get_cpu_capability(),
+        )
     if cfg.decay not in ("linear", "cosine", "constant"):
         raise ConfigError(f"trainer.decay={cfg.decay!r}; expected linear, cosine or constant")
     check_device(device)

@@ -237,3 +237,17 @@ def test_a_malformed_config_is_a_clear_error():
         build_upstream("wav2vec2", conv_layers=[[512, 10]])
     with pytest.raises(ValueError, match="not a multiple of 5 heads"):
         build_upstream("wav2vec2", encoder_heads=5)
+
+
+def test_masked_group_norm_is_group_norm_of_each_utterance_alone():
+    from upstream.modules.conv import MaskedGroupNorm
+
+    norm = perturbed(MaskedGroupNorm(6, 6), seed=4)
+    x, lengths = torch.randn(3, 6, 20), torch.tensor([20, 13, 7])
+    got = norm(x, torch.arange(20) < lengths[:, None])
+    for b in range(3):
+        n = int(lengths[b])
+        expected = torch.nn.functional.group_norm(x[b : b + 1, :, :n], 6, norm.weight, norm.bias, 1e-5)[0]
+        torch.testing.assert_close(got[b, :, :n], expected)
+    everything = torch.ones(3, 20, dtype=torch.bool)
+    torch.testing.assert_close(norm(x, everything), torch.nn.functional.group_norm(x, 6, norm.weight, norm.bias))

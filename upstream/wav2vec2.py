@@ -59,7 +59,7 @@ from speechssl.registry import register
 from upstream.modules.contrastive import cosine_logits, info_nce
 from upstream.modules.conv import ConvFeatureEncoder, check_conv_spec
 from upstream.modules.quantizer import GumbelQuantizer
-from upstream.modules.transformer import ConvPositionTransformer
+from upstream.modules.transformer import ConvPositionTransformer, init_bert_weights
 
 BASE_CONV = [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2  # 320 samples (20 ms) per frame
 
@@ -160,6 +160,7 @@ class Wav2Vec2(Upstream):
             layer_norm_first=config.layer_norm_first,
             layer_norm_eps=config.layer_norm_eps,
         )
+        self.transformer.layers.apply(init_bert_weights)  # fairseq's init_bert_params: N(0, 0.02), zero biases
 
     @property
     def hidden_sizes(self) -> list[int]:
