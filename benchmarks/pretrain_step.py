@@ -426,17 +426,19 @@ def run_wav2vec2(args) -> None:
     results = time_wav2vec2(steps, args.steps, args.device)
     for (who, precision), (seconds, _) in results.items():
         print(f"wav2vec2 {who} {precision}: {seconds:.3f} s/step", file=sys.stderr)
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_model()
-    header = f"## wav2vec 2.0 pretraining step, {'GPU' if args.device.startswith('cuda') else 'CPU'} (issue 19)"
+    gpu = args.device.startswith("cuda")
+    device = f"{torch.cuda.get_device_name(args.device)}; " if gpu else ""
+    header = f"## wav2vec 2.0 pretraining step, {'GPU' if gpu else 'CPU'} {' and '.join(args.precisions)} (issue 19)"
     text = (
         f"{header}\n\n"
-        f"`python benchmarks/pretrain_step.py --models wav2vec2 --batch {args.batch} --seconds {args.seconds:g}"
+        f"`python benchmarks/pretrain_step.py --models wav2vec2 --batch {args.batch} --seconds {args.seconds:g} "
+        f"--precisions {' '.join(args.precisions)} --steps {args.steps}"
         f"{' --device ' + args.device if args.device != 'cpu' else ''}`: one wav2vec 2.0 base step "
         f"(masking, distractors, forward, loss, backward, AdamW) on B={args.batch} clips of {args.seconds:g} s, "
         f"identical for both; HF transformers' `Wav2Vec2ForPreTraining` as its pretraining example runs it "
         f"(NumPy `_compute_mask_indices` and `_sample_negative_indices`) against our `Wav2Vec2Objective`; "
         f"median of {args.steps} interleaved steps after a warm-up.\n\n"
-        f"Machine: {device}; {machine_line()}.\n\n" + wav2vec2_table(results) + "\n"
+        f"Machine: {device}{machine_line()}.\n\n" + wav2vec2_table(results) + "\n"
     )
     print(text)
     if not args.no_write:

@@ -15,7 +15,9 @@ A pretraining objective also says how its batch is made, as class attributes:
   the upstream (space separated, HuBERT's cluster ids). They are cropped with
   the audio by :func:`speechssl.frames.crop_frame_labels`;
 - ``crop``: ``"first"`` or ``"random"``, how a long utterance is cut to
-  ``data.max_seconds`` when the data config does not say.
+  ``data.max_seconds`` when the data config does not say;
+- ``skips_parameters``: True when a forward may leave some parameters without a
+  gradient (LayerDrop), so that distributed training looks for them.
 
 The default :meth:`Objective.collate` pads the waveforms (``wavs`` (B, S),
 ``wav_lens`` (B,)), pads each frame-label column to ``(B, T)`` with
@@ -39,6 +41,7 @@ class Objective(nn.Module):
     columns: tuple[str, ...] = ()
     frame_labels: tuple[str, ...] = ()
     crop: str = "first"
+    skips_parameters: bool = False
 
     def __init__(self, upstream: nn.Module) -> None:
         super().__init__()

@@ -146,7 +146,13 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: float | None = None
         self.last_loss: float | None = None
-        self.wrapped = nn.parallel.DistributedDataParallel(self.model) if self.world_size > 1 else self.model
+        # an objective whose forward may leave parameters without a gradient (LayerDrop) makes DDP look for them
+        skips = bool(getattr(self.model, "skips_parameters", False))
+        self.wrapped = (
+            nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=skips)
+            if self.world_size > 1
+            else self.model
+        )
 
     @property
     def is_main(self) -> bool:

@@ -228,6 +228,10 @@ class Wav2Vec2Objective(Objective):
         self.final_proj = nn.Linear(c.encoder_dim, c.final_dim)
         self.dropout_features = nn.Dropout(c.dropout_features)
 
+    @property
+    def skips_parameters(self) -> bool:
+        return self.upstream.config.layerdrop > 0  # a dropped layer's parameters get no gradient
+
     def forward(self, batch: dict, *, step: int = 0, generator: torch.Generator | None = None):
         """``batch["wavs"]`` (B, S), ``batch["wav_lens"]`` (B,) -> ``(loss, logs)``."""
         up: Wav2Vec2 = self.upstream
