@@ -21,3 +21,30 @@ def tones(B=4, seconds=1.0, seed=0):
     wav = sum(torch.sin(2 * math.pi * k * f0 * t) / k for k in range(1, 6))
     envelope = 0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t + 6 * torch.rand(B, 1, generator=g))
     return 0.1 * wav * envelope
+
+
+def energy_labels(wav, upstream, num_labels):
+    """Frame labels a masked-prediction objective can learn: each frame's log energy in ``num_labels`` bins.
+
+    One label per frame of ``upstream``'s rule: frame ``t`` looks at samples
+    ``[t * hop, t * hop + min_samples)``; the bins are fixed (-12 .. 0 in natural log).
+    """
+    hop = upstream.downsample_rate
+    T = int(upstream.num_frames(torch.tensor([len(wav)]))[0])
+    starts = torch.arange(T) * hop
+    window = torch.arange(upstream.min_samples)
+    frames = wav[(starts[:, None] + window).clamp(max=len(wav) - 1)]
+    energy = torch.log(frames.pow(2).mean(-1) + 1e-6)
+    return torch.bucketize(energy, torch.linspace(-12, 0, num_labels - 1))
+
+
+def labelled_manifest(manifest, upstream, column, num_labels, out):
+    """A copy of ``manifest`` at ``out`` with ``column``: :func:`energy_labels` of each utterance."""
+    from speechssl.data.manifest import read_manifest, write_manifest
+    from speechssl.data.audio import load_audio
+
+    rows = read_manifest(manifest)
+    for row in rows:
+        row[column] = " ".join(map(str, energy_labels(load_audio(row["path"]), upstream, num_labels).tolist()))
+    write_manifest(out, rows, list(rows[0]))
+    return out

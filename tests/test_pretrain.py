@@ -27,8 +27,16 @@ CROP = CropConfig(max_seconds=3)
 PRETRAINABLE = pretrainable_upstreams()
 
 
-def train_set(root):
-    return AudioDataset.from_manifest(root / "pretrain" / "train.tsv")
+def train_set(root, name=None, folder=None):
+    """SUPERB-lite tiny's pretraining audio; for an objective that reads frame labels (HuBERT's cluster
+    ids), a copy of the manifest in ``folder`` with learnable labels (:func:`signals.energy_labels`)."""
+    manifest = root / "pretrain" / "train.tsv"
+    if name is not None:
+        upstream = signals.tiny(name)
+        for column in get_entry(name).objective(upstream).frame_labels:
+            clusters = getattr(upstream.config, "clusters", 8)
+            manifest = signals.labelled_manifest(manifest, upstream, column, clusters, folder / f"{name}.tsv")
+    return AudioDataset.from_manifest(manifest)
 
 
 def test_the_generative_and_contrastive_families_are_pretrainable():
@@ -37,9 +45,13 @@ def test_the_generative_and_contrastive_families_are_pretrainable():
 
 @pytest.mark.parametrize("name", PRETRAINABLE)
 def test_loss_falls_on_a_fixed_batch(name):
-    objective = get_entry(name).objective(signals.tiny(name)).train()
+    upstream = signals.tiny(name)
+    objective = get_entry(name).objective(upstream).train()
     items = [{"id": str(i), "wav": w[:n], "crop_offset": 0}
              for i, (w, n) in enumerate(zip(signals.tones(4, 1.0), [16000, 14000, 12000, 10000]))]
+    for item in items:  # HuBERT's cluster ids: learnable labels of each frame
+        for column in objective.frame_labels:
+            item[column] = signals.energy_labels(item["wav"], upstream, upstream.config.clusters)
     batch = objective.collate(items)
     optimizer = torch.optim.Adam(objective.parameters(), lr=3e-3)
     losses = []
@@ -55,7 +67,7 @@ def test_loss_falls_on_a_fixed_batch(name):
 
 @pytest.mark.parametrize("name", PRETRAINABLE)
 def test_pretrain_then_load(name, superb_lite_tiny, tmp_path):
-    dataset = train_set(superb_lite_tiny)
+    dataset = train_set(superb_lite_tiny, name, tmp_path)
     results = pretrain(name, dataset, CFG, tmp_path / "run", crop=CROP, overrides=get_entry(name).tiny)
     assert results["upstream"] == name and results["step"] == 24
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -81,7 +93,7 @@ def test_a_run_stopped_after_a_checkpoint_resumes_exactly(name, superb_lite_tiny
     cfg = TrainerConfig(**{**CFG.__dict__, "max_steps": 12, "save_every": 6, "num_workers": 2})
     crop = CropConfig(max_seconds=1.5, crop="random")
     tiny = get_entry(name).tiny
-    pretrain(name, train_set(superb_lite_tiny), cfg, tmp_path / "unbroken", crop=crop, overrides=tiny)
+    pretrain(name, train_set(superb_lite_tiny, name, tmp_path), cfg, tmp_path / "unbroken", crop=crop, overrides=tiny)
     save = Trainer.save
 
     def save_then_die(self, train_loss):
@@ -91,10 +103,10 @@ def test_a_run_stopped_after_a_checkpoint_resumes_exactly(name, superb_lite_tiny
 
     monkeypatch.setattr(Trainer, "save", save_then_die)
     with pytest.raises(Stop):
-        pretrain(name, train_set(superb_lite_tiny), cfg, tmp_path / "stopped", crop=crop, overrides=tiny)
+        pretrain(name, train_set(superb_lite_tiny, name, tmp_path), cfg, tmp_path / "stopped", crop=crop, overrides=tiny)
     monkeypatch.setattr(Trainer, "save", save)
     assert torch.load(tmp_path / "stopped" / "last" / "trainer_state.pt", weights_only=True)["step"] == 6
-    pretrain(name, train_set(superb_lite_tiny), cfg, tmp_path / "stopped", crop=crop, overrides=tiny)
+    pretrain(name, train_set(superb_lite_tiny, name, tmp_path), cfg, tmp_path / "stopped", crop=crop, overrides=tiny)
     a = load_file(tmp_path / "unbroken" / "last" / "train.safetensors")
     b = load_file(tmp_path / "stopped" / "last" / "train.safetensors")
     assert a.keys() == b.keys()

@@ -65,8 +65,8 @@ BASE_CONV = [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2  # 320 sample
 
 
 @dataclass
-class Wav2Vec2Config:
-    """wav2vec 2.0 base (fairseq's ``wav2vec2_base_librispeech``); ``configs/upstream/wav2vec2*.yaml`` override it."""
+class EncoderConfig:
+    """The conv feature encoder and Transformer of wav2vec 2.0 base, shared with HuBERT base."""
 
     # conv feature encoder: [channels, kernel, stride] per layer
     extractor_mode: str = "group_norm"  # "group_norm" (base) or "layer_norm" (large)
@@ -86,6 +86,12 @@ class Wav2Vec2Config:
     activation_dropout: float = 0.0  # inside the feed-forward block
     layerdrop: float = 0.05
     dropout_input: float = 0.1  # on the projected conv features
+
+
+@dataclass
+class Wav2Vec2Config(EncoderConfig):
+    """wav2vec 2.0 base (fairseq's ``wav2vec2_base_librispeech``); ``configs/upstream/wav2vec2*.yaml`` override it."""
+
     # pretraining objective (Wav2Vec2Objective)
     dropout_features: float = 0.1  # on the latents the quantizer reads
     feature_grad_mult: float = 0.1  # the conv encoder learns at a tenth of the rate
@@ -137,9 +143,11 @@ class Wav2Vec2(Upstream):
     over the unpadded convs; one frame sees 400 samples (``min_samples``).
     """
 
-    def __init__(self, config: Wav2Vec2Config) -> None:
+    def __init__(self, config: EncoderConfig) -> None:
         super().__init__(config)
-        _check_config(config)
+        _check_encoder_config(config, type(self).__name__.lower())
+        if isinstance(config, Wav2Vec2Config):
+            _check_config(config)
         self.feature_encoder = ConvFeatureEncoder(config.conv_layers, config.extractor_mode, config.conv_bias)
         self.downsample_rate = math.prod(int(stride) for _, _, stride in config.conv_layers)
         self.min_samples = self.feature_encoder.min_samples
@@ -273,12 +281,15 @@ class Wav2Vec2Objective(Objective):
         return loss, logs
 
 
-def _check_config(config: Wav2Vec2Config) -> None:
-    check_conv_spec(config.conv_layers, "wav2vec2")
+def _check_encoder_config(config: EncoderConfig, model: str) -> None:
+    check_conv_spec(config.conv_layers, model)
     if config.extractor_mode not in ("group_norm", "layer_norm"):
-        raise ValueError(f"wav2vec2: extractor_mode must be group_norm or layer_norm, got {config.extractor_mode!r}")
+        raise ValueError(f"{model}: extractor_mode must be group_norm or layer_norm, got {config.extractor_mode!r}")
     if config.encoder_dim % config.encoder_heads:
-        raise ValueError(f"wav2vec2: encoder_dim {config.encoder_dim} is not a multiple of {config.encoder_heads} heads")
+        raise ValueError(f"{model}: encoder_dim {config.encoder_dim} is not a multiple of {config.encoder_heads} heads")
+
+
+def _check_config(config: Wav2Vec2Config) -> None:
     latent_dim = config.latent_dim or config.final_dim
     if latent_dim % config.latent_groups:
         raise ValueError(f"wav2vec2: latent_dim {latent_dim} does not split into {config.latent_groups} groups")
