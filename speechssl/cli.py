@@ -153,6 +153,14 @@ def run_pretrain(cfg) -> int:
     from speechssl.pretrain import pretrain
     from speechssl.trainer import TrainerConfig
 
+    if cfg.get("pipeline") is not None:
+        from speechssl.pipeline import run_pipeline
+
+        pipeline = OmegaConf.to_container(cfg.pipeline, resolve=True)
+        times = run_pipeline(pipeline["name"], pipeline["stages"], HydraConfig.get().runtime.output_dir)
+        log.info("pipeline %s done in %.0f s: %s", pipeline["name"], sum(times.values()),
+                 ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))  # fmt: skip
+        return 0
     trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
     crop = CropConfig(max_seconds=cfg.data.max_seconds, crop=cfg.data.crop)
     crop.check()
@@ -226,6 +234,56 @@ def run_benchmark(cfg) -> int:
     return 0
 
 
+def run_cluster(cfg) -> int:
+    import torch
+
+    from speechssl.cluster import KMeansConfig, cluster_manifest
+    from speechssl.device import check_device
+
+    kmeans = KMeansConfig(k=cfg.k, seed=cfg.seed, max_frames=cfg.max_frames, batch_size=cfg.batch_size,
+                          max_iter=cfg.max_iter, n_init=cfg.n_init, max_no_improvement=cfg.max_no_improvement)
+    kmeans.check()
+    layer = cfg.layer
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+        raise ConfigError(f"layer={layer!r}; expected a hidden-state index (negative counts from the top) or null")
+    if cfg.cache.dtype not in CACHE_DTYPES:
+        raise ConfigError(f"cache.dtype={cfg.cache.dtype!r}; expected one of {', '.join(CACHE_DTYPES)}")
+    if not Path(cfg.manifest).is_file():
+        raise ConfigError(f"manifest={cfg.manifest}: no such manifest")
+    check_device(cfg.device)
+    summary = cluster_manifest(
+        cfg.manifest,
+        upstream_from_config(cfg),
+        cfg.out,
+        layer=layer,
+        kmeans=kmeans,
+        frame_rate_of=cfg.frame_rate_of,
+        column=cfg.column,
+        quality=cfg.quality,
+        cache_dir=cfg.cache.dir,
+        cache_dtype=getattr(torch, cfg.cache.dtype),
+        device=cfg.device,
+        batch_seconds=float(cfg.batch_seconds),
+    )
+    q = summary["quality"]
+    scores = (f"phone purity {q['phone_purity']:.3f}, cluster purity {q['cluster_purity']:.3f}, PNMI {q['pnmi']:.3f} "
+              f"on {summary['scored_frames']} frames" if q else "quality not scored (no phone alignments)")
+    print(f"{summary['upstream']} layer {summary['layer']}, K={summary['kmeans']['k']}: {cfg.out}/train.tsv "
+          f"column '{cfg.column}'; {scores}")
+    return 0
+
+
+def unknown_upstream_choice(args: list[str]) -> str | None:
+    """The one-line error for ``upstream=NAME`` without ``configs/upstream/NAME.yaml``, else None."""
+    for arg in args:
+        if arg.startswith("upstream="):
+            name = arg.split("=", 1)[1]
+            known = sorted(p.stem for p in (CONFIG_DIR / "upstream").glob("*.yaml"))
+            if name not in known:
+                return f"unknown upstream '{name}' (no configs/upstream/{name}.yaml); known: {', '.join(known)}"
+    return None
+
+
 def run_report(cfg) -> int:
     from speechssl.report import load_benchmark, results_tables, write_report
 
@@ -242,6 +300,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "benchmark": (run_benchmark, "train and score a downstream task on a frozen upstream (SUPERB protocol)"),
     "report": (run_report, "summarize benchmark runs: Markdown table of the best-dev runs, lr sweeps, plots, TSV"),
     "extract": (run_extract, "extract features of audio files with any upstream to safetensors"),
+    "cluster": (run_cluster, "k-means frame targets for HuBERT from MFCC or an upstream layer, with phone purity and PNMI"),
 }
 
 
@@ -319,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"speechssl: unknown command '{command}'; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+
+    if command == "cluster" and unknown_upstream_choice(rest):
+        print(f"speechssl cluster: {unknown_upstream_choice(rest)}", file=sys.stderr)
         return 2
 
     import hydra

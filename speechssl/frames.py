@@ -14,7 +14,9 @@ code base recomputes a frame count by hand.
   :func:`frames_snip_edges` applied layer by layer to the padded length.
 
 :func:`crop_frame_labels` is the one rule that cuts frame labels in step with a
-cut of the audio.
+cut of the audio; :func:`resample_frame_labels` the one that moves frame labels
+from one frame rate to another (k-means targets from 10 ms MFCC frames onto a
+20 ms model).
 """
 
 from __future__ import annotations
@@ -81,3 +83,22 @@ def crop_frame_labels(
             f"[{start}, {start + count})"
         )
     return labels[start : start + count]
+
+
+def resample_frame_labels(labels: torch.Tensor, num_frames: int, hop: int, label_hop: int) -> torch.Tensor:
+    """``num_frames`` labels at ``hop`` samples per frame from ``labels`` (T,) at ``label_hop``.
+
+    Frame ``t`` takes label ``round(t * hop / label_hop)`` (halves round up), the
+    last label where that index runs past the end: fairseq HuBERT's subsampling of
+    ``label_rate`` targets to the feature rate (``hubert.py``, ``forward_targets``,
+    which truncates instead of rounding; the two agree for integer ratios such as
+    MFCC's 160 onto 320 samples). Both frame rules are taken to start at sample 0
+    with the same window, as the snipped MFCC and the conv stacks do (both see
+    400 samples a frame); frames of other windows are off by the windows'
+    difference in centres. Raises ``ValueError`` for no labels and ``num_frames > 0``.
+    """
+    if num_frames > 0 and len(labels) == 0:
+        raise ValueError(f"no frame labels to resample to {num_frames} frames")
+    t = torch.arange(num_frames, device=labels.device)
+    index = torch.div(2 * t * hop + label_hop, 2 * label_hop, rounding_mode="floor")  # round(t * hop / label_hop)
+    return labels[index.clamp(max=max(len(labels) - 1, 0))]
