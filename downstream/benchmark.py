@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from downstream.classification import UtteranceClassification
 from downstream.task import Task, get_task
 from speechssl.bootstrap import bootstrap_interval, write_outcomes
 from speechssl.checkpoint import TRAIN_WEIGHTS, atomic_write
@@ -41,8 +42,8 @@ OUTCOMES_FILE = "test_outcomes.tsv"  # one line per test utterance: id, then the
 class CachedFeatures(torch.utils.data.Dataset):
     """Items ``(hidden states, label)`` of manifest rows, hidden states from the cache."""
 
-    def __init__(self, rows: list[dict], cache: FeatureCache, task: Task) -> None:
-        self.rows, self.cache, self.task = rows, cache, task
+    def __init__(self, rows: list[dict], cache: FeatureCache, task: Task, source: str = "hidden_states") -> None:
+        self.rows, self.cache, self.task, self.source = rows, cache, task, source
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -55,7 +56,13 @@ class CachedFeatures(torch.utils.data.Dataset):
         return self.task.sample_weights(self.rows)
 
     def __getitem__(self, i: int):
-        return self.cache.load(self.rows[i]["id"]), self.task.encode(self.rows[i])
+        return self.hidden(i), self.task.encode(self.rows[i])
+
+    def hidden(self, i: int) -> list[torch.Tensor]:
+        """Utterance ``i``'s states ``(T, D)``; a per-utterance output is the one state of one frame."""
+        if self.source != "hidden_states":
+            return [self.cache.load_extra(self.rows[i]["id"], self.source)[None]]
+        return self.cache.load(self.rows[i]["id"])
 
     def collate(self, items) -> dict[str, torch.Tensor]:
         hidden = [h for h, _ in items]
@@ -136,6 +143,7 @@ def benchmark(
     info: dict[str, Any] | None = None,
     init: str = "pretrained",
     init_seed: int | None = None,
+    source: str = "hidden_states",
 ) -> dict[str, Any]:
     """Train and score ``task_name`` on ``upstream`` with ``rows[split]``; returns (and writes) the results.
 
@@ -149,9 +157,21 @@ def benchmark(
     process's setting); small heads run faster on one thread (benchmarks/RESULTS.md).
     ``metric``: another of the task's metrics to select on dev and report (ASR's ``cer``
     on a corpus too small to learn words), instead of its main one.
+    ``source``: ``"hidden_states"`` (SUPERB's weighted sum of layers), or the name of a
+    per-utterance output of the upstream (``Upstream.extra_sizes``: DeLoRes's ``embedding``)
+    for an utterance-level task: the head reads it as a sequence of one frame.
     """
     run_dir = Path(run_dir)
     task = get_task(task_name)
+    if source != "hidden_states":
+        if source not in upstream.extra_sizes:
+            known = ", ".join(["hidden_states", *upstream.extra_sizes])
+            raise ConfigError(f"featurizer.source={source}: upstream '{upstream.name}' has no such output; it has {known}")
+        if trainable or not isinstance(task, UtteranceClassification):
+            raise ConfigError(
+                f"featurizer.source={source}: a per-utterance output serves frozen utterance-level tasks "
+                f"(ks, sid, er, ic), not task '{task_name}'{' fine-tuned' if trainable else ''}"
+            )
     if metric is not None and metric != task.metric:
         if metric not in task.ratios:
             raise ConfigError(f"task '{task_name}' has no metric '{metric}'; it has {', '.join(task.ratios)}")
@@ -174,9 +194,10 @@ def benchmark(
         cache = FeatureCache(cache_dir, upstream, f"{corpus}/{task_name}", dtype=cache_dtype, device=device)
         for split in SPLITS:
             cache.fill(rows[split])
-        data = {s: CachedFeatures(rows[s], cache, task) for s in SPLITS}
+        data = {s: CachedFeatures(rows[s], cache, task, source) for s in SPLITS}
     normalize = normalize and not trainable
-    featurizer = Featurizer(upstream, layer, normalize=normalize)
+    sizes = upstream if source == "hidden_states" else [upstream.extra_sizes[source]]
+    featurizer = Featurizer(sizes, layer, normalize=normalize)
     if normalize:
         featurizer.set_statistics(*feature_statistics(data["train"], featurizer.states()))
     if threads:
@@ -218,6 +239,7 @@ def benchmark(
         "test_outcomes": OUTCOMES_FILE,
         "outcome_ratios": {m: ratio.as_json() for m, ratio in task.ratios.items()},
         "layer": layer,
+        "source": source,
         "layer_weights": featurizer.layer_weights().tolist(),
         "step": trained["step"],
         "trainable": trainable,
@@ -232,8 +254,8 @@ def feature_statistics(dataset: CachedFeatures, states: list[int]) -> tuple[torc
     """Per-dimension ``(len(states), D)`` means and standard deviations of hidden ``states`` over
     every valid frame of ``dataset`` (read from the cache, accumulated in float64)."""
     total, squares, frames = 0.0, 0.0, 0
-    for row in dataset.rows:
-        hidden = dataset.cache.load(row["id"])
+    for i in range(len(dataset.rows)):
+        hidden = dataset.hidden(i)
         x = torch.stack([hidden[i].double() for i in states])  # (L, T, D)
         total, squares, frames = total + x.sum(dim=1), squares + x.pow(2).sum(dim=1), frames + x.shape[1]
     means = total / frames

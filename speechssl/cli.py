@@ -222,6 +222,7 @@ def run_benchmark(cfg) -> int:
         device=cfg.device,
         init=init,
         init_seed=init_seed,
+        source=cfg.featurizer.source,
         info={"ckpt": cfg.upstream.ckpt, "data_root": str(Path(cfg.data.root).resolve())},
     )
     metric = results["metric"]

@@ -8,7 +8,8 @@ sweep read them back without touching the upstream.
 
 Layout: ``ROOT/<upstream>-<fingerprint>/<corpus>/`` with ``index.json`` (utterance id
 -> its shard and the audio it came from) and ``shard_NNNNN.safetensors`` (tensors
-``<id>/<layer>``, (T, D)). The fingerprint hashes the upstream's name, config, weights
+``<id>/<layer>``, (T, D), and ``<id>/extra/<name>``, (D,), for each per-utterance output
+the upstream declares in ``extra_sizes``). The fingerprint hashes the upstream's name, config, weights
 and the storage dtype, so a retrained checkpoint never reads stale features. Each
 utterance also keeps the identity of its audio (resolved path, offset, samples, file
 size and modification time): a corpus of the same name made elsewhere or made again
@@ -116,6 +117,8 @@ class FeatureCache:
                     for layer, h in enumerate(feats.hidden_states)
                     for b, r in enumerate(rows)
                 }
+                for name in self.upstream.extra_sizes:  # per-utterance outputs: DeLoRes's embedding
+                    tensors.update({f"{r['id']}/extra/{name}": feats.extra[name][b].to(self.dtype) for b, r in enumerate(rows)})
                 shard += 1
                 name = f"shard_{shard:05d}.safetensors"
                 save_tensors(self.folder / name, tensors, {"upstream": self.upstream.name})
@@ -133,6 +136,13 @@ class FeatureCache:
         return [
             handle.get_tensor(f"{utt_id}/{layer}").float() for layer in range(self.upstream.num_layers)
         ]
+
+    def load_extra(self, utt_id: str, name: str) -> torch.Tensor:
+        """The per-utterance output ``name`` of one utterance (see ``Upstream.extra_sizes``), float32 ``(D,)``."""
+        shard = self.index[utt_id]["shard"]
+        if shard not in self._open:
+            self._open[shard] = safe_open(str(self.folder / shard), framework="pt")
+        return self._open[shard].get_tensor(f"{utt_id}/extra/{name}").float()
 
     def _save_index(self) -> None:
         text = json.dumps(self.index)

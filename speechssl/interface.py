@@ -41,7 +41,10 @@ class Features:
         (e.g. projected conv features), the last is the top layer.
     lengths: ``(B,)`` int64, valid frames of each utterance; frames past it are padding.
     extra: model-specific outputs (a pooled embedding, quantizer codes), each
-        documented by the model class that fills it.
+        documented by the model class that fills it. Those of shape ``(B, D)`` that the
+        upstream lists in ``Upstream.extra_sizes`` are per-utterance outputs: the feature
+        cache stores them and utterance-level tasks can train on one
+        (``speechssl benchmark featurizer.source=embedding``) instead of the hidden states.
     """
 
     hidden_states: list[torch.Tensor]
@@ -82,6 +85,13 @@ class Upstream(nn.Module):
     @property
     def hidden_sizes(self) -> list[int]:
         raise NotImplementedError
+
+    @property
+    def extra_sizes(self) -> dict[str, int]:
+        """Per-utterance outputs in ``Features.extra`` (each ``(B, D)``, e.g. DeLoRes's pooled
+        ``embedding``) and their sizes. The feature cache stores them beside the hidden states,
+        and ``speechssl benchmark featurizer.source=NAME`` trains utterance-level heads on one."""
+        return {}
 
     @property
     def num_layers(self) -> int:

@@ -345,3 +345,23 @@ def test_bilstm_on_a_padded_batch_equals_torchs_on_packed_sequences():
     got = ours(x, lengths)
     for b, n in enumerate(lengths.tolist()):
         torch.testing.assert_close(got[b, :n], expected[b, :n], atol=1e-6, rtol=1e-5)
+
+
+def test_a_per_utterance_output_is_cached_and_trains_utterance_heads(superb_lite_tiny, tmp_path):
+    """DeLoRes's pooled embedding: stored by the feature cache, the one input of featurizer.source=embedding."""
+    upstream = speechssl.build_upstream("delores", **get_entry("delores").tiny).eval()
+    data = rows(superb_lite_tiny, "ks")
+    results = benchmark(upstream, "ks", data, FEW_STEPS, tmp_path / "run", corpus="superb_lite",
+                        cache_dir=tmp_path / "cache", source="embedding")  # fmt: skip
+    assert results["source"] == "embedding" and results["layer_weights"] == [1.0] and results["step"] == 6
+    cache = FeatureCache(tmp_path / "cache", upstream, "superb_lite/ks")
+    row = data["test"][0]
+    with torch.inference_mode():
+        expected = upstream(speechssl.load_audio(row["path"])).extra["embedding"][0]
+    torch.testing.assert_close(cache.load_extra(row["id"], "embedding"), expected, atol=2e-3, rtol=2e-3)  # float16
+    with pytest.raises(ConfigError, match="serves frozen utterance-level tasks"):
+        benchmark(upstream, "pr", rows(superb_lite_tiny, "pr"), FEW_STEPS, tmp_path / "pr", corpus="superb_lite",
+                  cache_dir=tmp_path / "cache", source="embedding")  # fmt: skip
+    with pytest.raises(ConfigError, match="has no such output; it has hidden_states$"):
+        benchmark(speechssl.load_upstream("fbank"), "ks", data, FEW_STEPS, tmp_path / "fb", corpus="superb_lite",
+                  cache_dir=tmp_path / "cache", source="embedding")  # fmt: skip

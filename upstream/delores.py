@@ -175,6 +175,10 @@ class DeLoRes(Upstream):
         self.fc2 = nn.Linear(D, D)
 
     @property
+    def extra_sizes(self) -> dict[str, int]:
+        return {"embedding": self.config.embedding_dim}  # stored by the feature cache; featurizer.source=embedding
+
+    @property
     def hidden_sizes(self) -> list[int]:
         return [self.conv_dim, self.config.embedding_dim, self.config.embedding_dim]
 
