@@ -48,3 +48,19 @@ def labelled_manifest(manifest, upstream, column, num_labels, out):
         row[column] = " ".join(map(str, energy_labels(load_audio(row["path"]), upstream, num_labels).tolist()))
     write_manifest(out, rows, list(rows[0]))
     return out
+
+
+def perturbed(module, seed):
+    """``module`` in eval mode with every parameter moved off its initial value (LayerNorm scales
+    are not all ones), so that weights loaded from another layout are really compared."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def padded_tones(lengths, seconds=0.25):
+    """``(B, S)`` louder tones zeroed past each of ``lengths`` (B,), and the lengths: a padded batch."""
+    wavs = tones(len(lengths), seconds) * 3
+    return wavs.masked_fill(torch.arange(wavs.shape[1]) >= lengths[:, None], 0.0), lengths

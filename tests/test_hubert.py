@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import signals
 from speechssl.objective import LABEL_PAD
 from speechssl.registry import build_upstream, get_entry
-from upstream import hubert
+from upstream import hubert, wav2vec2
 
 torchaudio_models = pytest.importorskip("torchaudio.models")
 transformers = pytest.importorskip("transformers")
@@ -18,21 +18,8 @@ SMALL = dict(conv_layers=CONV, encoder_dim=32, encoder_layers=2, encoder_heads=4
 LENGTHS = torch.tensor([4000, 2650, 1337])
 
 
-def perturbed(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return module.eval()
-
-
-def padded_batch():
-    wavs = signals.tones(3, 0.25) * 3
-    return wavs.masked_fill(torch.arange(wavs.shape[1]) >= LENGTHS[:, None], 0.0), LENGTHS
-
-
 def torchaudio_pretrain_model():
-    return perturbed(torchaudio_models.hubert_pretrain_model(
+    return signals.perturbed(torchaudio_models.hubert_pretrain_model(
         extractor_mode="group_norm", extractor_conv_layer_config=[tuple(l) for l in CONV], extractor_conv_bias=False,
         encoder_embed_dim=32, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=8, encoder_pos_conv_groups=4,
         encoder_num_layers=2, encoder_num_heads=4, encoder_attention_dropout=0.0, encoder_ff_interm_features=48,
@@ -48,7 +35,7 @@ def test_torchaudio_pretraining_weights_load_into_the_objective_and_give_the_sam
     theirs = torchaudio_pretrain_model()
     objective = get_entry("hubert").objective(build_upstream("hubert", **SMALL)).eval()
     objective.load_state_dict(hubert.from_torchaudio_pretrain(theirs.state_dict(), objective.upstream.config), strict=True)
-    wavs, lengths = padded_batch()
+    wavs, lengths = signals.padded_tones(LENGTHS)
     with torch.no_grad():
         feats = objective.upstream(wavs, lengths)
         for b in range(3):  # torchaudio's group norm averages over padding: compare with each utterance alone
@@ -72,10 +59,10 @@ def test_hf_hubert_weights_give_the_same_hidden_states_on_a_padded_batch():
         num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4, hidden_dropout=0.0, attention_dropout=0.0,
         activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0, apply_spec_augment=False,
     )  # fmt: skip
-    theirs = perturbed(transformers.HubertModel(config), seed=6)
+    theirs = signals.perturbed(transformers.HubertModel(config), seed=6)
     ours = build_upstream("hubert", **SMALL).eval()
     ours.load_state_dict(hubert.from_hf_hubert(theirs.state_dict(), ours.config), strict=True)
-    wavs, lengths = padded_batch()
+    wavs, lengths = signals.padded_tones(LENGTHS)
     with torch.no_grad():
         feats = ours(wavs, lengths)
         for b in range(3):
@@ -102,13 +89,13 @@ def test_loss_is_the_cross_entropy_of_cosine_scores_over_masked_frames(monkeypat
     objective = get_entry("hubert").objective(signals.tiny("hubert", unmasked_weight=0.5)).train()
     batch = labelled_batch(objective)
     masks = {}
-    real = hubert.span_mask
+    real = wav2vec2.span_mask  # HuBERT masks through wav2vec 2.0's masked_pass
 
     def spy(*args, **kwargs):
         masks["mask"] = real(*args, **kwargs)
         return masks["mask"]
 
-    monkeypatch.setattr(hubert, "span_mask", spy)
+    monkeypatch.setattr(wav2vec2, "span_mask", spy)
     torch.manual_seed(0)
     loss, logs = objective(batch, generator=torch.Generator().manual_seed(1))
     mask = masks["mask"]

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import signals
-import speechssl
 from speechssl.data.dataset import AudioDataset, CropConfig
 from speechssl.pretrain import pretrain
 from speechssl.registry import build_upstream, get_entry
@@ -25,21 +24,6 @@ VARIANTS = {  # our overrides of the two encoder variants
 LENGTHS = torch.tensor([4000, 2650, 1337])
 
 
-def perturbed(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter moved off its initial value (LayerNorm scales are not all ones)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return module.eval()
-
-
-def padded_batch():
-    wavs = signals.tones(3, 0.25) * 3
-    wavs = wavs.masked_fill(torch.arange(wavs.shape[1]) >= LENGTHS[:, None], 0.0)
-    return wavs, LENGTHS
-
-
 def ours_from(variant: str, state: dict, converter) -> wav2vec2.Wav2Vec2:
     model = build_upstream("wav2vec2", **VARIANTS[variant]).eval()
     model.load_state_dict(converter(state, model.config), strict=True)
@@ -54,7 +38,7 @@ def assert_states_close(ours: list, theirs: list, frames: int) -> None:
 
 def torchaudio_model(variant: str):
     c = VARIANTS[variant]
-    return perturbed(torchaudio_models.wav2vec2_model(
+    return signals.perturbed(torchaudio_models.wav2vec2_model(
         extractor_mode=c["extractor_mode"], extractor_conv_layer_config=[tuple(l) for l in CONV],
         extractor_conv_bias=c["conv_bias"], encoder_embed_dim=32, encoder_projection_dropout=0.0,
         encoder_pos_conv_kernel=8, encoder_pos_conv_groups=4, encoder_num_layers=3, encoder_num_heads=4,
@@ -79,7 +63,7 @@ def test_torchaudio_weights_give_the_same_hidden_states_on_a_padded_batch(varian
     theirs = torchaudio_model(variant)
     ours = ours_from(variant, theirs.state_dict(), wav2vec2.from_torchaudio)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
-    wavs, lengths = padded_batch()
+    wavs, lengths = signals.padded_tones(LENGTHS)
     with torch.no_grad():
         feats = ours(wavs, lengths)
     assert feats.lengths.tolist() == ours.num_frames(lengths).tolist()
@@ -116,10 +100,10 @@ def hf_states(out) -> list[torch.Tensor]:
 @pytest.mark.parametrize("variant", ["base", "large"])
 def test_hf_weights_give_the_same_hidden_states_on_a_padded_batch(variant):
     config = hf_config(variant)
-    theirs = perturbed(transformers.Wav2Vec2Model(config), seed=2)
+    theirs = signals.perturbed(transformers.Wav2Vec2Model(config), seed=2)
     assert wav2vec2.config_from_hf(config).items() >= {k: v for k, v in VARIANTS[variant].items() if k != "layerdrop"}.items()
     ours = ours_from(variant, theirs.state_dict(), wav2vec2.from_hf)
-    wavs, lengths = padded_batch()
+    wavs, lengths = signals.padded_tones(LENGTHS)
     with torch.no_grad():
         feats = ours(wavs, lengths)
         for b in range(3):
@@ -135,7 +119,7 @@ def test_hf_weights_give_the_same_hidden_states_on_a_padded_batch(variant):
 
 def test_hf_pretraining_weights_load_into_the_objective_and_quantize_alike():
     config = hf_config("base")
-    theirs = perturbed(transformers.Wav2Vec2ForPreTraining(config), seed=3)
+    theirs = signals.perturbed(transformers.Wav2Vec2ForPreTraining(config), seed=3)
     objective = get_entry("wav2vec2").objective(build_upstream("wav2vec2", **wav2vec2.config_from_hf(config)))
     objective.load_state_dict(wav2vec2.from_hf(theirs.state_dict(), objective.upstream.config), strict=True)
     objective.eval()
@@ -242,7 +226,7 @@ def test_a_malformed_config_is_a_clear_error():
 def test_masked_group_norm_is_group_norm_of_each_utterance_alone():
     from upstream.modules.conv import MaskedGroupNorm
 
-    norm = perturbed(MaskedGroupNorm(6, 6), seed=4)
+    norm = signals.perturbed(MaskedGroupNorm(6, 6), seed=4)
     x, lengths = torch.randn(3, 6, 20), torch.tensor([20, 13, 7])
     got = norm(x, torch.arange(20) < lengths[:, None])
     for b in range(3):

@@ -35,12 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechssl.interface import lengths_to_mask
-from speechssl.masking import span_mask
 from speechssl.objective import LABEL_PAD, Objective
 from speechssl.registry import register
 from upstream.wav2vec2 import TINY as W2V_TINY
-from upstream.wav2vec2 import EncoderConfig, Wav2Vec2, from_hf, from_torchaudio, scale_gradient
+from upstream.wav2vec2 import EncoderConfig, Wav2Vec2, from_hf, from_torchaudio, masked_pass
 
 CLUSTERS_BY_ITERATION = {1: 100, 2: 500}
 
@@ -117,23 +115,16 @@ class HubertObjective(Objective):
 
     def forward(self, batch: dict, *, step: int = 0, generator: torch.Generator | None = None):
         """``batch["wavs"]``, ``batch["wav_lens"]`` and the frame labels -> ``(loss, logs)``."""
-        up: Hubert = self.upstream
-        c = up.config
+        c = self.upstream.config
+        run = masked_pass(self.upstream, self.mask_embedding, batch, generator)
+        lengths, valid, mask, top, penalty = run.lengths, run.valid, run.mask, run.top, run.penalty
+        T = valid.shape[1]
         labels = batch[c.label_column]  # (B, T_labels)
-        z, lengths = up.front_end(batch["wavs"], batch["wav_lens"])
-        B, T, C = z.shape
         if labels.shape[1] < T and bool((labels.shape[1] < lengths).any()):
             raise ValueError(f"hubert: {labels.shape[1]} frame labels for utterances of up to {int(lengths.max())} frames")
         labels = labels[:, :T]
         if labels.shape[1] < T:
             labels = F.pad(labels, (0, T - labels.shape[1]), value=LABEL_PAD)
-        z = scale_gradient(z, c.feature_grad_mult)
-        valid = lengths_to_mask(lengths, T)
-        penalty = (z.float() ** 2).sum(-1).masked_fill(~valid, 0.0).sum() / (valid.sum().clamp(min=1) * C)
-        _, projected = up.feature_projection(z)
-        mask = span_mask(lengths, c.mask_prob, c.mask_length, max_len=T, min_masks=c.min_masks, generator=generator)
-        x = torch.where(mask[..., None], self.mask_embedding.to(projected.dtype), projected)
-        top = up.context(x, lengths, generator).last
         scored = valid & (labels != LABEL_PAD)
         if bool(((labels >= c.clusters) & scored).any()):
             raise ValueError(f"hubert: frame labels reach {int(labels.max())}, but num_clusters is {c.clusters}")

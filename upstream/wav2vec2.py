@@ -200,6 +200,38 @@ def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
     return x * scale + x.detach() * (1.0 - scale)
 
 
+@dataclass
+class MaskedPass:
+    """One pass of a batch through the network with spans masked: what wav2vec 2.0's and HuBERT's
+    objectives share. ``lengths`` (B,) frames, ``valid`` (B, T), ``normed`` (B, T, C) the
+    LayerNorm-ed conv features (unmasked), ``mask`` (B, T), ``top`` (B, T, D) the top layer's
+    output, ``penalty`` the mean squared conv feature over valid frames."""
+
+    lengths: torch.Tensor
+    valid: torch.Tensor
+    normed: torch.Tensor
+    mask: torch.Tensor
+    top: torch.Tensor
+    penalty: torch.Tensor
+
+
+def masked_pass(up: Wav2Vec2, mask_embedding: torch.Tensor, batch: dict, generator: torch.Generator | None) -> MaskedPass:
+    """Conv features (their gradient scaled by ``feature_grad_mult``), the feature penalty, the projection,
+    a span mask (``mask_prob``, ``mask_length``, ``min_masks`` of ``up.config``) filled with
+    ``mask_embedding``, then the Transformer."""
+    c = up.config
+    z, lengths = up.front_end(batch["wavs"], batch["wav_lens"])  # (B, T, C)
+    B, T, C = z.shape
+    z = scale_gradient(z, c.feature_grad_mult)
+    valid = lengths_to_mask(lengths, T)
+    penalty = (z.float() ** 2).sum(-1).masked_fill(~valid, 0.0).sum() / (valid.sum().clamp(min=1) * C)
+    normed, projected = up.feature_projection(z)
+    mask = span_mask(lengths, c.mask_prob, c.mask_length, max_len=T, min_masks=c.min_masks, generator=generator)
+    x = torch.where(mask[..., None], mask_embedding.to(projected.dtype), projected)
+    top = up.context(x, lengths, generator).last  # (B, T, D)
+    return MaskedPass(lengths, valid, normed, mask, top, penalty)
+
+
 class Wav2Vec2Objective(Objective):
     """Contrastive + diversity + feature penalty losses of wav2vec 2.0 (sec. 3.2; fairseq's recipe).
 
@@ -242,21 +274,14 @@ class Wav2Vec2Objective(Objective):
 
     def forward(self, batch: dict, *, step: int = 0, generator: torch.Generator | None = None):
         """``batch["wavs"]`` (B, S), ``batch["wav_lens"]`` (B,) -> ``(loss, logs)``."""
-        up: Wav2Vec2 = self.upstream
-        c = up.config
-        z, lengths = up.front_end(batch["wavs"], batch["wav_lens"])  # (B, T, C)
-        B, T, C = z.shape
-        z = scale_gradient(z, c.feature_grad_mult)
-        valid = lengths_to_mask(lengths, T)
-        penalty = (z.float() ** 2).sum(-1).masked_fill(~valid, 0.0).sum() / (valid.sum().clamp(min=1) * C)
-        normed, projected = up.feature_projection(z)
-        mask = span_mask(lengths, c.mask_prob, c.mask_length, max_len=T, min_masks=c.min_masks, generator=generator)
-        x = torch.where(mask[..., None], self.mask_embedding.to(projected.dtype), projected)
-        top = up.context(x, lengths, generator).last  # (B, T, D)
+        c = self.upstream.config
+        run = masked_pass(self.upstream, self.mask_embedding, batch, generator)
+        lengths, valid, normed, mask, top, penalty = run.lengths, run.valid, run.normed, run.mask, run.top, run.penalty
+        B = lengths.shape[0]
         positions, counts = masked_positions(mask)  # (B, P), (B,)
         P = positions.shape[1]
-        rows = torch.arange(B, device=z.device)[:, None]
-        in_row = torch.arange(P, device=z.device).expand(B, P)
+        rows = torch.arange(B, device=top.device)[:, None]
+        in_row = torch.arange(P, device=top.device).expand(B, P)
         is_masked = in_row < counts[:, None]  # (B, P): real masked frames, not fill
         predictions = self.final_proj(top[rows, positions])  # (B, P, final_dim)
         latents = self.dropout_features(normed[rows, positions])  # (B, P, C)
