@@ -8,7 +8,10 @@ rebuilds the model. A checkpoint folder holds it as ``model.safetensors``.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import io
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -17,10 +20,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import safetensors
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from speechssl.errors import CheckpointError, first_line
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 FORMAT = "speechssl-upstream-1"
@@ -45,9 +51,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result reads like any file written here
     try:
         write(tmp)
+        # after the write: mkstemp makes the file private, and a writer that replaces it
+        # (safetensors' save_file renames its own temporary file) leaves it private too;
+        # the result reads like any file written here, as the umask allows
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,9 +71,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Atomically write ``tensors`` (made contiguous, on the CPU) as safetensors."""
+    """Atomically write ``tensors`` (made contiguous, on the CPU) as safetensors.
+
+    The bytes are written by Python, so a full disk is an ``OSError`` with its errno
+    (ENOSPC), which :func:`disk_full` recognises, not a library's own error type.
+    """
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(safetensors.torch.save(tensors, metadata=metadata)))
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the disk (or the user's quota) is full."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(error)  # what safetensors' and torch's writers say
 
 
 def save_upstream(model: torch.nn.Module, path: str | os.PathLike) -> Path:
@@ -118,6 +138,7 @@ def read_upstream_checkpoint(path: str | os.PathLike) -> tuple[str, dict[str, An
 # RUN_DIR/last and RUN_DIR/best are symbolic links to step folders.
 
 TRAIN_WEIGHTS = "train.safetensors"
+TRASH_PREFIX = ".trash_"  # a folder being deleted (see _remove_tree)
 TRAINER_STATE = "trainer_state.pt"
 TRAINER_STATE_KEYS = {"step", "epoch", "batch_in_epoch", "best", "optimizer", "scheduler", "scaler", "rng", "world_size"}
 
@@ -164,16 +185,24 @@ class CheckpointManager:
         export: Callable[[Path], None] | None = None,
         best: bool = False,
     ) -> Path:
+        """Write step folder ``step``; a write that fails (a full disk) removes the partial folder
+        and raises :class:`CheckpointError`, leaving ``last`` at the previous checkpoint."""
         final = self.folder / f"step_{step:07d}"
         tmp = self.folder / f".step_{step:07d}.tmp"
         if tmp.exists():
             _remove_tree(tmp)
-        tmp.mkdir(parents=True)
-        save_tensors(tmp / TRAIN_WEIGHTS, weights, {"format": "speechssl-train-1"})
-        torch.save(state, tmp / TRAINER_STATE)
-        _fsync_path(tmp / TRAINER_STATE)
-        if export is not None:
-            export(tmp)
+        try:
+            tmp.mkdir(parents=True)
+            save_tensors(tmp / TRAIN_WEIGHTS, weights, {"format": "speechssl-train-1"})
+            buffer = io.BytesIO()  # serialised first, so a full disk is an OSError of the plain write below
+            torch.save(state, buffer)
+            atomic_write(tmp / TRAINER_STATE, lambda t: Path(t).write_bytes(buffer.getvalue()))
+            if export is not None:
+                export(tmp)
+        except (OSError, safetensors.SafetensorError) as e:
+            if tmp.exists():
+                _remove_tree(tmp)
+            raise CheckpointError(self._failed(step, e)) from e
         if final.exists():
             _remove_tree(final)
         os.rename(tmp, final)
@@ -185,6 +214,22 @@ class CheckpointManager:
         _point(self.run_dir / "last", final)
         self._prune()
         return final
+
+    def _failed(self, step: int, error: BaseException) -> str:
+        """The one-line message of a checkpoint write that failed."""
+        last = self.last
+        kept = f"{self.run_dir / 'last'} ({last.name}) is intact" if last else "there is no earlier checkpoint"
+        what = "the disk is full" if disk_full(error) else f"the write failed ({first_line(error)})"
+        return (
+            f"{self.folder / f'step_{step:07d}'}: checkpoint not saved, {what}; the partial folder was removed "
+            f"and {kept}; free space under {self.folder} and run the same command again to resume"
+        )
+
+    def clean(self) -> None:
+        """Remove what a killed run left behind: partial step folders and pruned ones not yet deleted."""
+        for leftover in [*self.folder.glob(".step_*.tmp"), *self.folder.glob(TRASH_PREFIX + "*")]:
+            log.info("removing %s, left by an interrupted run", leftover)
+            _remove_tree(leftover)
 
     def load(self, folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """``(weights, trainer state)`` of a step folder; a corrupt one raises CheckpointError."""
@@ -207,4 +252,15 @@ class CheckpointManager:
 
 
 def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path)
+    """Delete a folder so that a kill never leaves it half-deleted under its own name:
+    it is first renamed to a trash name (one atomic step), then deleted;
+    :meth:`CheckpointManager.clean` removes any trash a kill left."""
+    if path.name.startswith(TRASH_PREFIX) or path.name.endswith(".tmp"):
+        shutil.rmtree(path)
+        return
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name}")
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.rename(path, trash)
+    _fsync_path(path.parent)
+    shutil.rmtree(trash)

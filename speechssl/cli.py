@@ -16,6 +16,7 @@ error naming it and the field, when it is chosen; every other command still runs
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -161,8 +162,8 @@ def run_pretrain(cfg) -> int:
         log.info("pipeline %s done in %.0f s: %s", pipeline["name"], sum(times.values()),
                  ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))  # fmt: skip
         return 0
-    trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
-    crop = CropConfig(max_seconds=cfg.data.max_seconds, crop=cfg.data.crop)
+    trainer_cfg = TrainerConfig.from_dict(OmegaConf.to_container(cfg.trainer, resolve=True))
+    crop = CropConfig(max_seconds=cfg.data.max_seconds, crop=cfg.data.crop, on_error=cfg.data.get("on_error", "raise"))
     crop.check()
     name, _, node = upstream_node(cfg)
     run_dir = HydraConfig.get().runtime.output_dir
@@ -195,7 +196,7 @@ def run_benchmark(cfg) -> int:
     from speechssl.device import check_device
     from speechssl.trainer import TrainerConfig
 
-    trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    trainer_cfg = TrainerConfig.from_dict(OmegaConf.to_container(cfg.trainer, resolve=True))
     layer = parse_layer(cfg.layer, ("weighted", "last"))
     if cfg.cache.dtype not in CACHE_DTYPES:
         raise ConfigError(f"cache.dtype={cfg.cache.dtype!r}; expected one of {', '.join(CACHE_DTYPES)}")
@@ -401,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         except MissingMandatoryValue as e:
             log.error("missing value for '%s': set it as %s=...", e.full_key, e.full_key)
             status = 2
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.error("%s: the disk is full (%s); free space and run the same command again", e.filename, e.strerror)
+            status = 1
 
     _register_schemas()
     _register_resolvers()

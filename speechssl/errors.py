@@ -13,6 +13,10 @@ class CheckpointError(SpeechSSLError, ValueError):
     """A checkpoint that is missing, corrupt, or written by another model."""
 
 
+class TrainingError(SpeechSSLError, RuntimeError):
+    """A run that cannot go on: its loss was NaN or Inf for too many steps in a row."""
+
+
 class ConfigError(SpeechSSLError, ValueError):
     """An unknown name or key, or a value out of range, in a config or an argument."""
 

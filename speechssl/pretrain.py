@@ -45,6 +45,10 @@ def pretrain(
     upstream = build_upstream(name, **(overrides or {}))
     objective = entry.objective(upstream)
     dataset = dataset.for_model(upstream, objective, crop or CropConfig(), seed=cfg.seed)
-    trainer = Trainer(objective, cfg, run_dir, device=device, export=lambda folder: save_upstream(upstream, folder))
+    # data.on_error=skip: what was left out goes into results.json
+    skipped = {"skipped_utterances": len(dataset.skipped),
+               "skipped_files": [{"path": path, "reason": reason} for path, reason in dataset.skipped]}
+    trainer = Trainer(objective, cfg, run_dir, device=device, export=lambda folder: save_upstream(upstream, folder),
+                      results_info=skipped)
     results = trainer.fit(dataset, objective.collate)
     return {"upstream": name, **results}

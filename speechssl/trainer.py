@@ -19,12 +19,13 @@ same global batches and takes every ``world_size``-th utterance of each.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, List
 
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from speechssl.checkpoint import CheckpointManager, atomic_write
 from speechssl.data.sampler import epoch_batches, shard
 from speechssl.device import check_device
-from speechssl.errors import CheckpointError, ConfigError, first_line
+from speechssl.errors import CheckpointError, ConfigError, TrainingError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,19 @@ class TrainerConfig:
     save_every: int = 1000
     keep: int = 2
     seed: int = 0
+    max_nonfinite_steps: int = 5  # updates skipped in a row for a NaN/Inf loss before the run stops
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainerConfig":
+        """A config from ``trainer.*`` values; an unknown key (``+trainer.max_stpes=5``) is a
+        :class:`ConfigError` naming it and the closest known key."""
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"; did you mean trainer.{close[0]}?" if close else f"; known: {', '.join(known)}"
+            raise ConfigError(f"unknown key trainer.{unknown[0]}{hint}")
+        return cls(**values)
 
 
 def lr_factor(step: int, cfg: TrainerConfig) -> float:
@@ -96,7 +110,7 @@ def check_config(cfg: TrainerConfig, device: str) -> None:
     if cfg.decay not in ("linear", "cosine", "constant"):
         raise ConfigError(f"trainer.decay={cfg.decay!r}; expected linear, cosine or constant")
     check_device(device)
-    at_least = {"max_steps": 1, "grad_accum": 1, "log_every": 1, "save_every": 1, "keep": 1,
+    at_least = {"max_steps": 1, "grad_accum": 1, "log_every": 1, "save_every": 1, "keep": 1, "max_nonfinite_steps": 1,
                 "warmup_steps": 0, "num_workers": 0, "lr": 0.0, "weight_decay": 0.0, "clip_norm": 0.0}
     for key, low in at_least.items():
         if getattr(cfg, key) < low:
@@ -118,6 +132,11 @@ class Trainer:
     as ``model.safetensors``). ``evaluate(model) -> {name: value}`` runs at every
     checkpoint; ``select=(name, "min"|"max")`` picks ``best`` by it (by default the
     training loss since the previous checkpoint, lower is better).
+    ``results_info`` adds entries to ``results.json`` (the utterances the data check left out).
+
+    A step whose loss is NaN or Inf is skipped (its gradients dropped) and counted in
+    ``results.json`` as ``nonfinite_steps``; ``cfg.max_nonfinite_steps`` in a row stop the
+    run with a :class:`TrainingError`, after a checkpoint of the last good weights.
     """
 
     def __init__(
@@ -130,6 +149,7 @@ class Trainer:
         export: Callable[[Path], None] | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
         select: tuple[str, str] = ("train_loss", "min"),
+        results_info: dict[str, Any] | None = None,
     ) -> None:
         self.rank, self.world_size, device = _init_distributed(device)
         check_config(cfg, device)
@@ -146,6 +166,10 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: float | None = None
         self.last_loss: float | None = None
+        self.nonfinite_steps = 0  # updates skipped for a NaN/Inf loss, over the whole run
+        self.results_info = dict(results_info or {})
+        if self.is_main:
+            self.checkpoints.clean()
         # an objective whose forward may leave parameters without a gradient (LayerDrop) makes DDP look for them
         skips = bool(getattr(self.model, "skips_parameters", False))
         self.wrapped = (
@@ -180,12 +204,28 @@ class Trainer:
         writer = self._tensorboard()
         batches = self._micro_batches(dataset, collate)
         autocast = self._autocast()
-        interval_losses: list[torch.Tensor] = []
         started = time.monotonic()
         progress = tqdm(
             total=self.cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not self.is_main
         )
         self.wrapped.train()
+        try:
+            self._loop(batches, autocast, progress, writer)
+        finally:
+            progress.close()
+            if writer is not None:
+                writer.close()
+        results = {"step": self.step, "train_loss": self.last_loss, "best": self.best, "world_size": self.world_size,
+                   "elapsed_s": round(time.monotonic() - started, 2), "nonfinite_steps": self.nonfinite_steps,
+                   **self.results_info, "trainer": asdict(self.cfg)}
+        if self.is_main:
+            atomic_write(self.run_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+        return results
+
+    def _loop(self, batches, autocast, progress, writer) -> None:
+        """Optimizer steps from ``self.step`` to ``cfg.max_steps``: log, checkpoint."""
+        interval_losses: list[torch.Tensor] = []
+        nonfinite_in_a_row = 0
         while self.step < self.cfg.max_steps:
             logs_sum: dict[str, torch.Tensor] = {}  # detached, read on the host only when logged
             for micro in range(self.cfg.grad_accum):
@@ -196,10 +236,15 @@ class Trainer:
                     self.scaler.scale(loss / self.cfg.grad_accum).backward()
                 for k, v in {"loss": loss.detach(), **logs}.items():
                     logs_sum[k] = logs_sum.get(k, 0.0) + v.float() / self.cfg.grad_accum
+            self.epoch, self.batch_in_epoch = position[0], position[1] + 1
+            if not self._finite_on_every_rank(logs_sum["loss"]):
+                nonfinite_in_a_row += 1
+                self._skip_update(nonfinite_in_a_row, interval_losses)
+                continue
+            nonfinite_in_a_row = 0
             lr = self.scheduler.get_last_lr()[0]  # the rate this step uses; _optimizer_step moves to the next
             grad_norm = self._optimizer_step()
             self.step += 1
-            self.epoch, self.batch_in_epoch = position[0], position[1] + 1
             interval_losses.append(logs_sum["loss"])
             progress.update(1)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
@@ -208,16 +253,41 @@ class Trainer:
                 progress.set_postfix(loss=f"{scalars['loss']:.4f}")
                 self._log(writer, scalars)
             if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps:
-                self.save(float(self._mean_over_ranks({"loss": torch.stack(interval_losses).mean()})["loss"]))
-                interval_losses = []
-        progress.close()
-        if writer is not None:
-            writer.close()
-        results = {"step": self.step, "train_loss": self.last_loss, "best": self.best, "world_size": self.world_size,
-                   "elapsed_s": round(time.monotonic() - started, 2), "trainer": asdict(self.cfg)}
-        if self.is_main:
-            atomic_write(self.run_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
-        return results
+                self._save_interval(interval_losses)
+
+    def _save_interval(self, interval_losses: list[torch.Tensor]) -> None:
+        """Checkpoint, with the mean training loss of the steps since the previous one (then forgotten)."""
+        self.save(float(self._mean_over_ranks({"loss": torch.stack(interval_losses).mean()})["loss"]))
+        interval_losses.clear()
+
+    def _finite_on_every_rank(self, loss: torch.Tensor) -> bool:
+        """Whether the step's loss is finite on every process (all must skip a step together).
+
+        The one host read per optimizer step this adds is what deciding to skip costs."""
+        finite = self._mean_over_ranks({"finite": torch.isfinite(loss).float()})["finite"]
+        return bool(finite == 1)
+
+    def _skip_update(self, in_a_row: int, interval_losses: list[torch.Tensor]) -> None:
+        """Drop the gradients of a step whose loss is NaN or Inf, count it; stop after
+        ``cfg.max_nonfinite_steps`` in a row, saving the progress since the last checkpoint."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_steps += 1
+        log.warning(
+            "step %d: loss is NaN or Inf, update skipped (%d in a row; the run stops at trainer.max_nonfinite_steps=%d)",
+            self.step + 1, in_a_row, self.cfg.max_nonfinite_steps,
+        )
+        if in_a_row < self.cfg.max_nonfinite_steps:
+            return
+        if interval_losses:  # the weights are those of the last good update: worth a checkpoint
+            self._save_interval(interval_losses)
+        last = self.checkpoints.last
+        kept = f"the last checkpoint, {self.run_dir / 'last'} ({last.name}), holds the weights before them" if last \
+            else "no checkpoint was written (no step had a finite loss)"
+        raise TrainingError(
+            f"{self.run_dir}: the loss was NaN or Inf for {in_a_row} steps in a row after step {self.step} "
+            f"(trainer.max_nonfinite_steps={self.cfg.max_nonfinite_steps}); stopped, and {kept}; lower trainer.lr, "
+            f"use trainer.precision=fp32 or check the data, then run again to resume"
+        )
 
     def _micro_batches(self, dataset, collate):
         """``((epoch, batch index), batch on device)`` forever, from the saved data position."""
@@ -342,6 +412,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "rng": rng,  # one entry per rank
                 "world_size": self.world_size,
+                "nonfinite_steps": self.nonfinite_steps,  # not in TRAINER_STATE_KEYS: older states lack it
             }
             self.checkpoints.save(self.step, self.model.state_dict(), state, self.export, best=improved)
         if self.world_size > 1:
@@ -360,6 +431,7 @@ class Trainer:
             rng = state["rng"]
             self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
             self.best = state["best"]
+            self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{folder}: checkpoint of another model or config ({first_line(e)})") from e
         if state["world_size"] == self.world_size:

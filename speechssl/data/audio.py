@@ -37,7 +37,34 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"{path}: cannot decode audio ({e})") from e
+    _check_wav_length(path, int(info.frames))
     return int(info.frames), int(info.samplerate), int(info.channels)
+
+
+# a RIFF data size of 0 or 0xFFFFFFFF means "unknown": what writers to a pipe put there
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+
+
+def _check_wav_length(path: Path, frames: int) -> None:
+    """Refuse a WAV whose header promises more samples than the file holds (a truncated copy):
+    libsndfile reads such a file silently, its tail missing."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    block_align, pos = 0, 12
+    while pos + 8 <= len(head):
+        chunk, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            block_align = int.from_bytes(head[pos + 20 : pos + 22], "little")
+        if chunk == b"data":
+            if block_align and size not in _UNKNOWN_SIZES and size // block_align > frames:
+                raise AudioError(
+                    f"{path}: truncated WAV: its header promises {size // block_align} samples, the file holds "
+                    f"{frames}; copy or write it again"
+                )
+            return
+        pos += 8 + size + (size & 1)  # chunks are padded to an even size
 
 
 def resampled_length(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> int:
@@ -62,6 +89,7 @@ def load_audio(
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (S, C)
     except (soundfile.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"{path}: cannot decode audio ({e})") from e
+    _check_wav_length(path, data.shape[0])
     if data.shape[0] == 0:
         raise AudioError(f"{path}: 0 samples (empty audio)")
     if not np.isfinite(data).all():

@@ -18,30 +18,36 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from speechssl.data.audio import find_audio, load_audio, resampled_length
 from speechssl.data.manifest import read_manifest
-from speechssl.errors import ConfigError
+from speechssl.errors import AudioError, ConfigError
 from speechssl.frames import crop_frame_labels
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 CROPS = ("first", "random")
+ON_ERROR = ("raise", "skip")
 
 
 @dataclass
 class CropConfig:
-    """How pretraining cuts long utterances (``data.max_seconds``, ``data.crop``)."""
+    """How pretraining cuts long utterances (``data.max_seconds``, ``data.crop``) and what it
+    does with unusable ones (``data.on_error``, see :func:`check_utterances`)."""
 
     max_seconds: Optional[float] = 15.0  # null: never cut
     crop: Optional[str] = None  # first | random; null: the objective's own choice (Objective.crop)
+    on_error: str = "raise"  # raise | skip: an utterance whose audio is missing, unreadable or too short
 
     def check(self) -> None:
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ConfigError(f"data.max_seconds={self.max_seconds}; expected seconds > 0 or null")
         if self.crop is not None and self.crop not in CROPS:
             raise ConfigError(f"data.crop={self.crop!r}; expected one of {', '.join(CROPS)}")
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(f"data.on_error={self.on_error!r}; expected one of {', '.join(ON_ERROR)}")
 
 
 @dataclass
@@ -90,6 +96,7 @@ class AudioDataset(torch.utils.data.Dataset):
             raise ValueError("frame labels need the upstream's frame rule")
         self.utterances, self.max_samples, self.crop, self.seed = utterances, max_samples, crop, seed
         self.columns, self.frame_labels, self.frames = tuple(columns), tuple(frame_labels), frames
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of utterances check_utterances left out
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -140,17 +147,12 @@ class AudioDataset(torch.utils.data.Dataset):
                 f"{type(objective).__name__} needs manifest column(s) {', '.join(missing)}; the training set "
                 f"has {', '.join(self.utterances[0].columns) or 'none besides id, path, num_samples'}"
             )
-        short = [upstream.too_short(u.num_samples) is not None for u in self.utterances]
-        kept = [u for u, s in zip(self.utterances, short) if not s]
-        dropped = [u for u, s in zip(self.utterances, short) if s]
-        if dropped:
-            log.warning(
-                "%d utterance(s) left out, %s: e.g. %s", len(dropped), upstream.too_short(dropped[0].num_samples),
-                ", ".join(str(u.path) for u in dropped[:3]),
-            )
-        if not kept:
+        kept, skipped = check_utterances(self.utterances, upstream, crop.on_error)
+        if not kept and all(upstream.too_short(u.num_samples) for u in self.utterances):
             raise ConfigError(f"every utterance of the training set is {upstream.too_short(0)}")
-        return replace_dataset(
+        if not kept:
+            raise ConfigError(f"data.on_error=skip left out every utterance of the training set, e.g. {skipped[0][1]}")
+        dataset = replace_dataset(
             self,
             utterances=kept,
             max_samples=int(crop.max_seconds * SAMPLE_RATE) if crop.max_seconds else None,
@@ -160,11 +162,16 @@ class AudioDataset(torch.utils.data.Dataset):
             frame_labels=tuple(objective.frame_labels),
             frames=FrameRule(upstream.downsample_rate, upstream.num_frames),
         )
+        dataset.skipped = skipped
+        return dataset
 
     @classmethod
     def from_folder(cls, root: str | Path, max_samples: int | None = None) -> "AudioDataset":
-        """Every audio file under ``root`` (recursive); lengths read from the headers."""
-        return cls([Utterance(utt_id, path, resampled_length(path)) for utt_id, path in find_audio(root)], max_samples)
+        """Every audio file under ``root`` (recursive); lengths read from the headers.
+
+        A file whose header cannot be read gets length 0 here; :meth:`for_model` then
+        reports it (or leaves it out) by :func:`check_utterances`."""
+        return cls([Utterance(utt_id, path, _header_length(path)) for utt_id, path in find_audio(root)], max_samples)
 
     @classmethod
     def from_manifest(cls, path: str | Path, max_samples: int | None = None) -> "AudioDataset":
@@ -175,6 +182,59 @@ class AudioDataset(torch.utils.data.Dataset):
             offset = int(row.get("offset") or 0)
             utterances.append(Utterance(row["id"], Path(row["path"]), row["num_samples"], offset, columns))
         return cls(utterances, max_samples)
+
+
+def _header_length(path: Path) -> int:
+    try:
+        return resampled_length(path)
+    except AudioError:
+        return 0
+
+
+def check_utterances(
+    utterances: list[Utterance], upstream, on_error: str = "raise"
+) -> tuple[list[Utterance], list[tuple[str, str]]]:
+    """``(usable utterances, [(path, reason)] of the others)``, from each file's header alone.
+
+    Unusable: a file missing, empty or undecodable, a WAV shorter than its header says,
+    or fewer samples than the manifest lists. ``on_error="raise"``: the first is an
+    :class:`AudioError` naming the file; ``"skip"``: each is logged and left out (never
+    replaced by silence). An utterance too short for ``upstream``'s receptive field is
+    left out either way, with a warning: a crop cannot make it usable.
+    """
+    kept, skipped, short = [], [], []
+    for u in tqdm(utterances, desc="check audio", unit="file", disable=len(utterances) < 2000):
+        problem = _audio_problem(u)
+        if problem is None:
+            (short if upstream.too_short(u.num_samples) else kept).append(u)
+        elif on_error == "raise":
+            raise AudioError(
+                f"{problem} (utterance {u.id}); fix or remove it, or set data.on_error=skip to leave such files out"
+            )
+        else:
+            log.warning("left out: %s (utterance %s)", problem, u.id)
+            skipped.append((str(u.path), problem))
+    if skipped:
+        log.warning("data.on_error=skip: %d of %d utterance(s) left out", len(skipped), len(utterances))
+    if short:
+        log.warning(
+            "%d utterance(s) left out, %s: e.g. %s", len(short), upstream.too_short(short[0].num_samples),
+            ", ".join(str(u.path) for u in short[:3]),
+        )
+        skipped += [(str(u.path), f"{u.path}: {u.num_samples} samples, {upstream.too_short(u.num_samples)}")
+                    for u in short]
+    return kept, skipped
+
+
+def _audio_problem(u: Utterance) -> str | None:
+    """Why utterance ``u``'s audio cannot be read as listed (from its header), or None."""
+    try:
+        frames = resampled_length(u.path)
+    except AudioError as e:
+        return str(e)
+    if u.offset + u.num_samples > frames + 1:  # + 1: resampled lengths round
+        return f"{u.path}: {frames} samples, but the manifest lists {u.num_samples} from sample {u.offset}"
+    return None
 
 
 def replace_dataset(dataset: AudioDataset, **changes) -> AudioDataset:

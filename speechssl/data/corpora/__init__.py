@@ -107,6 +107,11 @@ def corpus_manifest(name: str, root: str | os.PathLike, task: str, split: str, *
         raise ConfigError(f"corpus '{name}': no root given (data.root=/path/to/{name})")
     root = Path(root).expanduser()
     provided = corpus_tasks(name, root if name == "superb_lite" and root.is_dir() else None)
+    if not provided:
+        raise ConfigError(
+            f"corpus '{name}': no manifests found under {root} (expected TASK/train.tsv, dev.tsv and test.tsv); "
+            f"make the corpus with `speechssl synth out={root} size=small` or set data.root=DIR"
+        )
     if task not in provided:
         raise ConfigError(f"corpus '{name}' has no labels for task '{task}'; it provides: {', '.join(provided)}")
     unknown = sorted(set(options) - set(corpus.options()))
