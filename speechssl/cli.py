@@ -111,6 +111,8 @@ def run_extract(cfg) -> int:
         device=cfg.device,
         batch_seconds=float(cfg.batch_seconds),
         codes=cfg.codes,
+        max_seconds=None if cfg.max_seconds is None else float(cfg.max_seconds),
+        overwrite=bool(cfg.overwrite),
     )
     log.info("wrote features of %d utterance(s) to %s", len(report.written), cfg.output)
     if report.skipped:
@@ -286,6 +288,42 @@ def unknown_upstream_choice(args: list[str]) -> str | None:
     return None
 
 
+def quote_unlexable(args: list[str]) -> list[str]:
+    """Each ``key=value`` whose value Hydra's override grammar cannot lex (a path with
+    non-ASCII characters or ``=``) with the value quoted, so it reaches the config as typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    quoted = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        unlexable = not value.isascii() or "=" in value
+        if sep and unlexable and not arg.startswith("-") and value[:1] not in ("'", '"'):
+            try:
+                parser.parse_override(arg)
+            except HydraException:
+                arg = f"{key}='{_quote_escape(value)}'"
+        quoted.append(arg)
+    return quoted
+
+
+def _quote_escape(value: str) -> str:
+    """``value`` for a single-quoted Hydra string: a quote, and backslashes before one, escaped."""
+    out, backslashes = [], 0
+    for ch in value:
+        if ch == "\\":
+            backslashes += 1
+            continue
+        if ch == "'":
+            out.append("\\" * (2 * backslashes) + "\\'")
+        else:
+            out.append("\\" * backslashes + ch)
+        backslashes = 0
+    out.append("\\" * (2 * backslashes))  # trailing backslashes precede the closing quote
+    return "".join(out)
+
+
 def run_report(cfg) -> int:
     from speechssl.report import load_benchmark, results_tables, write_report
 
@@ -414,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         # under torchrun only rank 0 writes the run folder's config and log; the others warn on stderr
         rest = [*rest, "hydra.output_subdir=null", "hydra.job_logging.root.handlers=[console]",
                 "hydra.job_logging.root.level=WARNING"]
-    sys.argv = [f"speechssl-{command}", *rest]
+    sys.argv = [f"speechssl-{command}", *quote_unlexable(rest)]
     hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=command)(task)()
     return status
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from tqdm import tqdm
 
 from speechssl.checkpoint import atomic_write, save_tensors
@@ -60,6 +62,8 @@ def extract(
     device: str = "cpu",
     batch_seconds: float = 160.0,
     codes: bool = False,
+    max_seconds: float | None = 300.0,
+    overwrite: bool = False,
 ) -> ExtractReport:
     """Extract features of every utterance under ``source`` into ``output``.
 
@@ -70,6 +74,15 @@ def extract(
     ``codes=True`` also writes the upstream's discrete code ids as ``codes`` (T, G)
     int64; an upstream without ``Features.extra["codes"]`` raises :class:`ConfigError`
     before any audio is read.
+
+    A file longer than ``max_seconds`` (None: no limit) is skipped, from its header alone:
+    upstreams take an utterance whole (attention over all of it, recurrence, utterance
+    statistics), so memory and time grow with its length (quadratically for attention).
+
+    Into a folder that holds an earlier extraction, rows are added to ``index.tsv`` (an
+    utterance extracted again replaces its row); features of another upstream or layer
+    are refused unless ``overwrite=True``, which deletes the earlier features first.
+    The folder is checked writable before any audio is read.
     """
     check_device(device)
     featurizer = None if layer == "all" else Featurizer(upstream, layer).to(device)
@@ -77,13 +90,21 @@ def extract(
     if codes:
         _check_codes(upstream, device)
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    _check_writable(output)
+    earlier = _earlier_rows(output, upstream.name, str(layer), overwrite)
     report = ExtractReport()
 
     items = []  # (id, path, num_samples)
     for utt_id, path in find_audio(source):
         try:
-            items.append((utt_id, path, resampled_length(path)))
+            num_samples = resampled_length(path)
+            if max_seconds is not None and num_samples > max_seconds * SAMPLE_RATE:
+                raise AudioError(
+                    f"{path}: {num_samples / SAMPLE_RATE:.1f} s, longer than max_seconds={max_seconds:g}: "
+                    f"'{upstream.name}' takes an utterance whole, so memory and time grow with its length; "
+                    f"cut the file into parts, or raise max_seconds=S if the device holds it"
+                )
+            items.append((utt_id, path, num_samples))
         except AudioError as e:
             _skip(report, path, str(e))
 
@@ -102,11 +123,52 @@ def extract(
                     loaded.append((utt_id, path, wav))
                 except AudioError as e:
                     _skip(report, path, str(e))
-                progress.update(round(num_samples / SAMPLE_RATE, 1))
             if loaded:
                 rows += _extract_batch(upstream, featurizer, loaded, output, layer, device, report, codes)
-    _write_index(output / INDEX_FILE, rows)
+            # after the batch is through the upstream: the bar counts audio processed, not read
+            progress.update(round(sum(items[i][2] for i in batch) / SAMPLE_RATE, 1))
+    new = {row[0] for row in rows}
+    _write_index(output / INDEX_FILE, [row for row in earlier if row[0] not in new] + rows)
     return report
+
+
+def _check_writable(output: Path) -> None:
+    """Refuse an output folder that cannot be made or written, before any audio is read."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"output={output}: cannot write there ({e.strerror or e}); choose a folder you can write, output=DIR"
+        ) from e
+
+
+def _earlier_rows(output: Path, name: str, layer: str, overwrite: bool) -> list[list]:
+    """The rows of an earlier extraction into ``output`` to keep; refuses one of another upstream or layer."""
+    index = output / INDEX_FILE
+    if not index.exists():
+        return []
+    with open(index, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))[1:]
+    if overwrite:
+        for row in rows:
+            (output / row[2]).unlink(missing_ok=True)
+        log.info("overwrite=true: deleted the %d earlier feature file(s) listed in %s", len(rows), index)
+        return []
+    for row in rows:
+        file = output / row[2]
+        if file.exists():
+            with safe_open(str(file), framework="pt") as f:
+                meta = f.metadata() or {}
+            if (meta.get("upstream"), meta.get("layer")) != (name, layer):
+                raise ConfigError(
+                    f"output={output} holds features of upstream '{meta.get('upstream')}' layer "
+                    f"{meta.get('layer')} ({index}); these would be '{name}' layer {layer}: choose another "
+                    f"output=DIR, or overwrite=true to delete the earlier ones"
+                )
+            break
+    return rows
 
 
 def _check_codes(upstream: Upstream, device: str) -> None:
@@ -158,6 +220,6 @@ def _write_index(path: Path, rows: list[list]) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             writer.writerow(["id", "source", "features", "num_frames", "num_samples"])
-            writer.writerows(sorted(rows))
+            writer.writerows(sorted(rows, key=lambda row: row[0]))
 
     atomic_write(path, write)

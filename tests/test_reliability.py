@@ -1,6 +1,7 @@
 """Faults survived and bad inputs refused in one line (issue 23): full disks, file modes,
-bad manifests, truncated files, NaN losses, kills while pruning."""
+unwritable folders, re-runs, bad manifests, truncated files, NaN losses, kills while pruning."""
 
+import csv
 import errno
 import json
 import logging
@@ -18,6 +19,7 @@ from speechssl.checkpoint import CheckpointManager, atomic_write, save_tensors
 from speechssl.data.audio import audio_info, load_audio
 from speechssl.data.dataset import AudioDataset, CropConfig, Utterance
 from speechssl.errors import AudioError, CheckpointError, ConfigError, TrainingError
+from speechssl.extract import extract
 from speechssl.registry import build_upstream
 from speechssl.trainer import Trainer, TrainerConfig
 
@@ -220,3 +222,71 @@ def test_an_empty_corpus_root_says_no_manifests_found(tmp_path):
 
     with pytest.raises(ConfigError, match=f"corpus 'superb_lite': no manifests found under {tmp_path}"):
         corpus_manifest("superb_lite", tmp_path, "ks", "train")
+
+
+# -- extraction -------------------------------------------------------------------------------
+
+
+def index_ids(folder):
+    with open(folder / "index.tsv") as f:
+        return [row["id"] for row in csv.DictReader(f, delimiter="\t")]
+
+
+def test_extracting_again_into_a_folder_adds_to_its_index(tmp_path):
+    mfcc = build_upstream("mfcc")
+    write_clips(tmp_path / "a", seconds=(0.3, 0.3))
+    write_clips(tmp_path / "b", seconds=(0.3,))
+    (tmp_path / "b" / "u0.wav").rename(tmp_path / "b" / "v0.wav")
+    extract(mfcc, tmp_path / "a", tmp_path / "out")
+    extract(mfcc, tmp_path / "b", tmp_path / "out")
+    extract(mfcc, tmp_path / "a" / "u1.wav", tmp_path / "out")  # again: its row replaced, not doubled
+    assert index_ids(tmp_path / "out") == ["u0", "u1", "v0"]
+    with pytest.raises(ConfigError, match="holds features of upstream 'mfcc' layer all .*; these would be 'mfcc' "
+                                          "layer last: choose another output=DIR, or overwrite=true"):
+        extract(mfcc, tmp_path / "b", tmp_path / "out", layer="last")
+    extract(mfcc, tmp_path / "b", tmp_path / "out", layer="last", overwrite=True)
+    assert index_ids(tmp_path / "out") == ["v0"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == ["v0.safetensors"]
+
+
+def test_an_unwritable_output_is_refused_before_any_audio_is_read(tmp_path, monkeypatch):
+    import speechssl.extract as extract_module
+
+    write_clips(tmp_path / "a", seconds=(0.3,))
+    (tmp_path / "file").write_text("")
+    read = []
+    monkeypatch.setattr(extract_module, "load_audio", lambda path: read.append(path))
+    with pytest.raises(ConfigError, match=r"^output=.*file/out: cannot write there \(Not a directory\); choose a folder"):
+        extract(build_upstream("mfcc"), tmp_path / "a", tmp_path / "file" / "out")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(extract_module.tempfile, "TemporaryFile", denied)
+    with pytest.raises(ConfigError, match=r"output=.*out: cannot write there \(Permission denied\)"):
+        extract(build_upstream("mfcc"), tmp_path / "a", tmp_path / "out")
+    assert read == []
+
+
+def test_too_long_inputs_are_refused_from_their_header(tmp_path, monkeypatch):
+    import speechssl.extract as extract_module
+
+    write_clips(tmp_path / "a", seconds=(0.3, 2.0))
+    read = []
+    load = extract_module.load_audio
+    monkeypatch.setattr(extract_module, "load_audio", lambda path: read.append(path.name) or load(path))
+    report = extract(build_upstream("mfcc"), tmp_path / "a", tmp_path / "out", max_seconds=1.0)
+    assert report.written == ["u0"] and read == ["u0.wav"]
+    assert "u1.wav: 2.0 s, longer than max_seconds=1: 'mfcc' takes an utterance whole" in report.skipped[0][1]
+
+
+def test_paths_hydra_cannot_lex_are_quoted():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from speechssl.cli import quote_unlexable
+
+    parser = OverridesParser.create()
+    for path in ["/data/é.wav", "/data/a=b.wav", "/data/it's=é.wav", "a\\b=é"]:
+        (arg,) = quote_unlexable([f"input={path}"])
+        assert parser.parse_override(arg).value() == path
+    assert quote_unlexable(["input=/a/b.wav", "layer=3"]) == ["input=/a/b.wav", "layer=3"]
