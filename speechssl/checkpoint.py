@@ -99,9 +99,12 @@ def save_upstream(model: torch.nn.Module, path: str | os.PathLike) -> Path:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file from a file or folder path (folder: its ``model.safetensors``)."""
+    """A checkpoint file from a file or folder path (folder: its ``model.safetensors``; a run
+    folder: that of its ``last`` checkpoint)."""
     path = Path(path)
     if path.is_dir():
+        if not (path / MODEL_FILE).exists() and (path / "last").exists():
+            path = path / "last"
         path = path / MODEL_FILE
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")

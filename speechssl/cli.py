@@ -333,6 +333,14 @@ def run_report(cfg) -> int:
     return 0
 
 
+def run_export(cfg) -> int:
+    from speechssl.interop import export_upstream
+
+    out = export_upstream(cfg.ckpt, cfg.format, cfg.out)
+    log.info("wrote %s (format %s) from %s", out, cfg.format, cfg.ckpt)
+    return 0
+
+
 # name -> (function, one-line summary); the function returns the exit status.
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "synth": (run_synth, "write the offline SUPERB-lite corpus (synthesized speech, labels for every task)"),
@@ -340,6 +348,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "benchmark": (run_benchmark, "train and score a downstream task on a frozen upstream (SUPERB protocol)"),
     "report": (run_report, "summarize benchmark runs: Markdown table of the best-dev runs, lr sweeps, plots, TSV"),
     "extract": (run_extract, "extract features of audio files with any upstream to safetensors"),
+    "export": (run_export, "write a speechssl upstream checkpoint in another toolkit's layout (an HF folder)"),
     "cluster": (run_cluster, "k-means frame targets for HuBERT from MFCC or an upstream layer, with phone purity and PNMI"),
 }
 

@@ -1,4 +1,4 @@
-"""Upstream registry: a name -> (model class, config dataclass).
+"""Upstream registry: a name -> (model class, config dataclass, converters of other toolkits' checkpoints).
 
 Each file of the ``upstream`` package calls :func:`register` at import; the core
 never imports a model by name, it imports the package's modules on first use.
@@ -11,7 +11,7 @@ import importlib
 import os
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from speechssl.errors import CheckpointError, ConfigError
 
@@ -23,6 +23,8 @@ class UpstreamEntry:
     config_cls: type
     tiny: dict[str, Any] = field(default_factory=dict)  # overrides for a model small enough for tests
     objective: type | None = None  # a speechssl.objective.Objective subclass, built as objective(upstream)
+    converters: dict[str, Callable] = field(default_factory=dict)  # layout -> (content, overrides) -> (config, state)
+    exporters: dict[str, Callable] = field(default_factory=dict)  # layout -> model -> (config dict, state dict)
 
 
 _REGISTRY: dict[str, UpstreamEntry] = {}
@@ -36,6 +38,8 @@ def register(
     *,
     objective: type | None = None,
     tiny: dict[str, Any] | None = None,
+    converters: dict[str, Callable] | None = None,
+    exporters: dict[str, Callable] | None = None,
 ) -> None:
     """Make ``cls`` loadable (and, with an ``objective``, pretrainable) as ``name``.
 
@@ -43,12 +47,27 @@ def register(
     ``forward(batch, *, step, generator)`` returns ``(loss, logs)``, a scalar loss
     and a dict of detached scalar tensors to log, and it says how its batch is
     made. ``tiny`` overrides give a test-sized model.
+
+    ``converters`` import other toolkits' checkpoints, one per layout of
+    :data:`speechssl.interop.FORMATS` (``"s3prl"``, ``"fairseq"``, ``"hf"``,
+    ``"torchaudio"``): ``convert(content, overrides) -> (config, state dict)``, where
+    ``content`` is what :func:`speechssl.interop.read_checkpoint` read (plain data and
+    tensors) and ``overrides`` the caller's config keys (for what a layout does not hold,
+    such as a torchaudio state dict's attention heads); a checkpoint of another model
+    raises :class:`CheckpointError` saying what it holds. ``exporters`` write the model in
+    another toolkit's layout: ``export(model) -> (config dict, state dict)``
+    (:func:`speechssl.interop.export_upstream`).
     """
     if name in _REGISTRY and _REGISTRY[name].cls is not cls:
         raise ConfigError(f"upstream '{name}' registered twice ({_REGISTRY[name].cls} and {cls})")
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{name}: config class {config_cls} is not a dataclass")
-    _REGISTRY[name] = UpstreamEntry(name, cls, config_cls, dict(tiny or {}), objective)
+    from speechssl.interop import FORMATS
+
+    unknown = sorted((set(converters or {}) | set(exporters or {})) - set(FORMATS))
+    if unknown:
+        raise ConfigError(f"upstream '{name}': unknown checkpoint layout(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}")
+    _REGISTRY[name] = UpstreamEntry(name, cls, config_cls, dict(tiny or {}), objective, dict(converters or {}), dict(exporters or {}))
 
 
 def _discover() -> None:
@@ -106,7 +125,7 @@ def random_upstream(name: str, *, seed: int, ckpt: str | os.PathLike | None = No
     """
     import torch
 
-    config = _checkpoint_of(name, ckpt)[0] if ckpt is not None else {}
+    config = _checkpoint_of(name, ckpt, overrides)[0] if ckpt is not None else {}
     with torch.random.fork_rng(devices=[]):  # the CPU generator only: the model is built on the CPU
         torch.manual_seed(seed)
         model = build_upstream(name, **{**config, **overrides})
@@ -121,14 +140,23 @@ def random_upstream(name: str, *, seed: int, ckpt: str | os.PathLike | None = No
 def load_upstream(name: str, ckpt: str | os.PathLike | None = None, **overrides: Any):
     """Upstream ``name``, with the weights and config of ``ckpt`` if given, in eval mode.
 
-    ``ckpt`` is a speechssl checkpoint (a ``.safetensors`` file or a run/checkpoint
-    folder holding one). The config saved with it is used, ``overrides`` on top.
-    A checkpoint of another model raises :class:`CheckpointError`.
+    ``ckpt`` is a speechssl checkpoint (a ``.safetensors`` file, a checkpoint folder
+    holding one, or a run folder: its ``last``), or one of another toolkit that the
+    upstream's converters import: s3prl, fairseq, an HF ``save_pretrained`` folder or a
+    torchaudio state dict (see :mod:`speechssl.interop`). The config saved with it is
+    used, ``overrides`` on top. A checkpoint of another model raises :class:`CheckpointError`.
+
+    ``name="s3prl:NAME"`` wraps s3prl's own upstream ``NAME`` with ``ckpt``
+    (:class:`speechssl.s3prl_bridge.S3PRLUpstream`).
     """
+    if name.startswith("s3prl:"):
+        from speechssl.s3prl_bridge import S3PRLUpstream
+
+        return S3PRLUpstream.load(name[len("s3prl:"):], ckpt, **overrides).eval()
     if ckpt is None:
         model = build_upstream(name, **overrides)
         return model.eval()
-    config, state = _checkpoint_of(name, ckpt)
+    config, state = _checkpoint_of(name, ckpt, overrides)
     model = build_upstream(name, **{**config, **overrides})
     try:
         model.load_state_dict(state, strict=True)
@@ -139,11 +167,23 @@ def load_upstream(name: str, ckpt: str | os.PathLike | None = None, **overrides:
     return model.eval()
 
 
-def _checkpoint_of(name: str, ckpt: str | os.PathLike) -> tuple[dict[str, Any], dict]:
+def _checkpoint_of(name: str, ckpt: str | os.PathLike, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict]:
     """``(config, weights)`` saved in ``ckpt``; a checkpoint of another upstream raises :class:`CheckpointError`."""
-    from speechssl.checkpoint import read_upstream_checkpoint
+    from speechssl.interop import Ours, read_checkpoint
 
-    saved_name, config, state = read_upstream_checkpoint(ckpt)
-    if saved_name != name:
-        raise CheckpointError(f"{ckpt}: holds a '{saved_name}' upstream, not '{name}'")
-    return config, state
+    found = read_checkpoint(ckpt)
+    if isinstance(found, Ours):
+        if found.name != name:
+            raise CheckpointError(f"{ckpt}: holds a '{found.name}' upstream, not '{name}'")
+        return found.config, found.state
+    converters = get_entry(name).converters
+    if found.format not in converters:
+        imports = ", ".join(sorted(converters)) or "none"
+        raise CheckpointError(
+            f"{ckpt}: not a speechssl upstream checkpoint but {found.describe()}; upstream '{name}' imports "
+            f"speechssl checkpoints and these layouts: {imports}"
+        )
+    try:
+        return converters[found.format](found.content, dict(overrides))
+    except CheckpointError as e:
+        raise CheckpointError(f"{ckpt}: {e}") from e

@@ -9,6 +9,8 @@ import signals
 import torch
 import torch.nn.functional as F
 
+import speechssl
+
 from speechssl.registry import build_upstream
 from upstream.apc import APCObjective
 
@@ -49,30 +51,38 @@ def test_paper_size_has_s3prls_parameter_count(name):
     assert count(objective) == s3prl_apc_params(80, 512, 3, 512 if name == "vq_apc" else None)
 
 
-def test_parameter_count_and_outputs_match_s3prl_with_its_weights():
-    apc = s3prl_apc_module()
-    vq = {"codebook_size": [32], "code_dim": [64], "gumbel_temperature": 0.5}
-    theirs = apc.APC(80, 64, 3, 0.1, True, vq=vq).eval()
-    objective = APCObjective(build_upstream("vq_apc", hidden_size=64, codebook_size=32)).eval()
-    assert count(theirs) == count(objective) == s3prl_apc_params(80, 64, 3, 32)
-    upstream = objective.upstream
-    state = {f"rnns.{k[len('rnn_layers.'):]}": v for k, v in theirs.state_dict().items() if k.startswith("rnn_layers.")}
-    state.update({f"postnet.{k}": v for k, v in theirs.postnet.state_dict().items()})
-    vq_layer = theirs.vq_layers[0]
-    state["upstream.quantizers.3.logit_weight"] = vq_layer.vq_logits.weight.T[None]
-    state["upstream.quantizers.3.logit_bias"] = vq_layer.vq_logits.bias[None]
-    state["upstream.quantizers.3.codebook"] = vq_layer.codebook_CxE.weight.T[None]
-    upstream.load_state_dict({k: v for k, v in state.items() if not k.startswith(("upstream.", "postnet."))} | {
-        k[len("upstream."):]: v for k, v in state.items() if k.startswith("upstream.")
-    })
-    objective.postnet.load_state_dict(theirs.postnet.state_dict())
-    x = torch.randn(2, 40, 80, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("name", ["apc", "vq_apc"])
+def test_s3prl_checkpoint_loads_in_one_line_with_s3prls_hidden_states(tmp_path, name):
+    """s3prl's APC with random weights, saved in its runner's layout, read by its UpstreamExpert and by
+    load_upstream; every hidden state compared on a padded batch, our encoder reading s3prl's own
+    input features (its fbank uses a Hamming window and its own CMVN, ours Kaldi's Povey window)."""
+    apc, expert_module = s3prl_apc_module(), pytest.importorskip("s3prl.upstream.apc.expert")
+    vq = {"codebook_size": [32, 32], "code_dim": [32, 32], "gumbel_temperature": 0.5} if name == "vq_apc" else None
+    theirs = signals.perturbed(apc.APC(80, 64, 3, 0.1, True, vq=vq), seed=0)
+    assert count(theirs) == s3prl_apc_params(80, 64, 3) + (2 * (32 * 32 + 32 + 32 * 32) if vq else 0)
+    audio = {"feat_type": "fbank", "feat_dim": 80, "frame_length": 25, "frame_shift": 10, "dither": 0, "cmvn": True}
+    paras = {"num_layers": 3, "hidden_size": 64, "dropout": 0.1, "residual": True, "vq": vq}
+    torch.save({"config": {"data": {"audio": audio}, "model": {"paras": paras}}, "model": theirs.state_dict()},
+               tmp_path / "apc.ckpt")  # fmt: skip
+    expert = expert_module.UpstreamExpert(str(tmp_path / "apc.ckpt")).eval()
+    ours = speechssl.load_upstream(name, ckpt=tmp_path / "apc.ckpt")
+    assert ours.config.vq_groups == (2 if vq else 1) and ours.config.vq_layers == ([3] if vq else [])
+    wavs, lengths = signals.padded_tones(torch.tensor([4000, 2650, 1337]))
+    listed = [wav[:n] for wav, n in zip(wavs, lengths)]
     with torch.no_grad():
-        predicted, last = theirs(x, torch.tensor([40, 40]), testing=True)
-        feats = upstream.encoder(x, torch.tensor([40, 40]))
-        states, top = feats.hidden_states, upstream.top(feats)
-    torch.testing.assert_close(states[-1], last, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(objective.postnet(top), predicted, atol=1e-5, rtol=1e-5)
+        expected = expert(listed)["hidden_states"]
+        features = [expert.preprocessor(wav.unsqueeze(0)) for wav in listed]  # as the expert's forward
+        frames = torch.tensor([len(f) for f in features])
+        feats = ours.encoder(torch.nn.utils.rnn.pad_sequence(features, batch_first=True), frames)
+    assert len(feats.hidden_states) == len(expected) + 1  # ours start with the input features
+    for a, b in zip(feats.hidden_states[1:], expected):
+        for i, n in enumerate(frames.tolist()):
+            torch.testing.assert_close(a[i, :n], b[i, :n], atol=1e-4, rtol=1e-4)
+    if vq:  # the codes the last layer's output quantizes to: the argmax of each group's logits, as s3prl's
+        top = feats.hidden_states[-1]
+        for g, layer in enumerate(theirs.vq_layers):
+            assert torch.equal(feats.extra["codes_3"][..., g], layer.vq_logits(top[..., 32 * g : 32 * (g + 1)]).argmax(-1)
+                               * (torch.arange(top.shape[1]) < frames[:, None]))  # fmt: skip
 
 
 def test_hidden_states_are_input_then_every_layer():

@@ -57,32 +57,32 @@ def test_paper_size_parameter_count():
     assert count(CPCObjective(upstream).predictors) == predictor_params()
 
 
-def test_conv_encoder_and_lstm_match_s3prl_with_its_weights():
-    ref = s3prl_cpc_model()
+def test_s3prl_checkpoint_loads_in_one_line_with_s3prls_hidden_states(tmp_path):
+    """s3prl's CPC networks with random weights, saved in CPC_audio's layout (its arguments and the
+    CPCModel's weights), read by s3prl's UpstreamExpert and by load_upstream; both hidden states
+    compared on a padded batch (s3prl pads the batch itself, and its conv stack is causal to the left)."""
+    ref, expert_module = s3prl_cpc_model(), pytest.importorskip("s3prl.upstream.cpc.expert")
     C = 32
-    encoder, ar = ref.CPCEncoder(C, "layerNorm").eval(), ref.CPCAR(C, C, False, 1, mode="LSTM").eval()
-    torch.manual_seed(1)
-    for norm in (encoder.batchNorm0, encoder.batchNorm1, encoder.batchNorm2, encoder.batchNorm3, encoder.batchNorm4):
-        torch.nn.init.normal_(norm.weight, 1.0, 0.1)  # not the identity, so the mapping is tested
-        torch.nn.init.normal_(norm.bias, 0.0, 0.1)
-    model = tiny(conv_dim=C, context_size=C).eval()
-    state = {}
-    for i in range(5):
-        state[f"feature_encoder.convs.{i}.weight"] = getattr(encoder, f"conv{i}").weight
-        state[f"feature_encoder.convs.{i}.bias"] = getattr(encoder, f"conv{i}").bias
-        state[f"feature_encoder.norms.{i}.weight"] = getattr(encoder, f"batchNorm{i}").weight.view(C)
-        state[f"feature_encoder.norms.{i}.bias"] = getattr(encoder, f"batchNorm{i}").bias.view(C)
-    state.update({f"context.0.{k}": v for k, v in ar.baseNet.state_dict().items()})
-    model.load_state_dict(state)
-    assert count(model) == count(encoder) + count(ar)
-    wavs = signals.tones(2, seconds=0.5)
+    model = ref.CPCModel(ref.CPCEncoder(C, "layerNorm"), ref.CPCAR(C, C, False, 1, mode="LSTM"))
+    signals.perturbed(model, seed=1)  # ChannelNorm not the identity, so the mapping is tested
+    args = {"hiddenEncoder": C, "hiddenGar": C, "nLevelsGRU": 1, "arMode": "LSTM", "normMode": "layerNorm"}
+    torch.save({"config": args, "weights": model.state_dict(), "best": 0.5}, tmp_path / "cpc.pt")
+    expert = expert_module.UpstreamExpert(str(tmp_path / "cpc.pt")).eval()
+    ours = speechssl.load_upstream("cpc", ckpt=tmp_path / "cpc.pt")
+    assert count(ours) == count(model.gEncoder) + count(model.gAR) and not ours.config.normalize_waveform
+    lengths = torch.tensor([8000, 6400, 3200])  # multiples of 160: s3prl's padded frames then line up with ours
+    wavs, lengths = signals.padded_tones(lengths, seconds=0.5)
     with torch.no_grad():
-        z_ref = encoder(wavs[:, None, :]).transpose(1, 2)  # (B, T, C)
-        c_ref = ar(z_ref)
-        feats = model(wavs)
-    assert feats.lengths.tolist() == [50, 50]
-    torch.testing.assert_close(feats.hidden_states[0], z_ref, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(feats.hidden_states[1], c_ref, atol=1e-5, rtol=1e-4)
+        expected = expert([wav[:n] for wav, n in zip(wavs, lengths)])["hidden_states"]
+        feats = ours(wavs, lengths)
+    assert feats.lengths.tolist() == [50, 40, 20] and len(expected) == len(feats.hidden_states) == 2
+    for a, b in zip(feats.hidden_states, expected):
+        for i, n in enumerate(feats.lengths.tolist()):
+            # the longest utterance agrees on every frame; in a shorter one s3prl's last frame reads
+            # the conv outputs of its padding (non-zero after the bias), which ours zeroes per layer:
+            # there s3prl's features depend on the batch, and the frames before it agree
+            m = n if n == max(feats.lengths.tolist()) else n - 1
+            torch.testing.assert_close(a[i, :m], b[i, :m], atol=1e-4, rtol=1e-4)
 
 
 def test_frames_hidden_sizes_and_receptive_field():

@@ -81,34 +81,43 @@ def test_parameter_count_against_s3prl_itself(layers, pre_ln):
     assert count(ref.TransformerSpecPredictionHead(config, 80)) == s3prl_head_params(768, 80)
 
 
-def test_hidden_states_match_s3prl_with_its_weights():
+# s3prl's OnlinePreprocessor settings of its mockingjay/tera pretraining: 80 log-mel bins, CMVN, -25 dB
+S3PRL_AUDIO = {"target_level": -25, "win_ms": 25, "hop_ms": 10, "n_freq": 201, "n_mels": 80, "n_mfcc": 13,
+               "input": {"feat_type": "mel", "channel": 0, "log": True, "delta": 0, "cmvn": True}}  # fmt: skip
+
+
+def test_s3prl_checkpoint_loads_in_one_line_with_s3prls_hidden_states(tmp_path):
+    """s3prl's model with random weights, saved in its runner's layout, read by its UpstreamExpert and by
+    load_upstream; every hidden state compared on a padded batch, our encoder reading s3prl's own
+    input features (our front-end differs on purpose: see upstream/mockingjay.py)."""
+    expert_module = pytest.importorskip("s3prl.upstream.mockingjay.expert")
     ref, config = s3prl_config(2)
-    theirs = ref.TransformerModel(config, 80).eval()
-    ours = build_upstream("mockingjay", num_layers=2).eval()
-    state = {
-        "input_projection.weight": theirs.input_representations.spec_transform.weight,
-        "input_projection.bias": theirs.input_representations.spec_transform.bias,
-        "input_norm.weight": theirs.input_representations.LayerNorm.weight,
-        "input_norm.bias": theirs.input_representations.LayerNorm.bias,
-    }
-    for i, layer in enumerate(theirs.encoder.layer):
-        a, mine = layer.attention, f"transformer.layers.{i}."
-        for kind in ("weight", "bias"):
-            qkv = [getattr(getattr(a.self, n), kind) for n in ("query", "key", "value")]
-            state[mine + f"attention.qkv.{kind}"] = torch.cat(qkv)
-            state[mine + f"attention.out.{kind}"] = getattr(a.output.dense, kind)
-            state[mine + f"attention_norm.{kind}"] = getattr(a.output.LayerNorm, kind)
-            state[mine + f"ffn_in.{kind}"] = getattr(layer.intermediate.dense, kind)
-            state[mine + f"ffn_out.{kind}"] = getattr(layer.output.dense, kind)
-            state[mine + f"ffn_norm.{kind}"] = getattr(layer.output.LayerNorm, kind)
-    ours.load_state_dict(state)
-    x = torch.randn(2, 50, 80, generator=torch.Generator().manual_seed(0))
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = 64, 4, 128  # s3prl tabulates positions in Python
+    theirs = signals.perturbed(ref.TransformerModel(config, 80), seed=0)
+    options = {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
+               "intermediate_size", "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+               "layer_norm_eps", "share_layer", "pre_layer_norm")}  # fmt: skip
+    ckpt = {"Config": {"transformer": options, "audio": S3PRL_AUDIO, "task": {"sequence_length": 0}},
+            "Transformer": theirs.state_dict()}  # fmt: skip
+    torch.save(ckpt, tmp_path / "states-1000.ckpt")
+    expert = expert_module.UpstreamExpert(str(tmp_path / "states-1000.ckpt")).eval()
+    ours = speechssl.load_upstream("mockingjay", ckpt=tmp_path / "states-1000.ckpt")
+    assert (ours.config.num_layers, ours.config.hidden_size, ours.config.front_end) == (2, 64, "log_mel")
+    tera = speechssl.load_upstream("tera", ckpt=tmp_path / "states-1000.ckpt")  # s3prl's TERA: the same layout
+    torch.testing.assert_close(tera.state_dict(), ours.state_dict())
+    wavs, lengths = signals.padded_tones(torch.tensor([4000, 2650, 1337]))
+    listed = [wav[:n] for wav, n in zip(wavs, lengths)]
     with torch.no_grad():
-        expected = theirs(x, sinusoid_positions(50, 768)[None], torch.ones(2, 50))
-        got = ours.encoder(x, torch.tensor([50, 50])).hidden_states
+        expected = expert(listed)["hidden_states"]
+        t = expert.transformer  # s3prl's features of the same padded batch, as its forward makes them
+        x = torch.nn.utils.rnn.pad_sequence([t._normalize_wav_decibel(w) for w in listed], batch_first=True)
+        x = t.extracter(x.unsqueeze(1), wavs_len=lengths.tolist())[0]
+        frames = (x.sum(dim=-1) != 0).long().sum(dim=-1)
+        got = ours.encoder(x, frames).hidden_states
     assert len(got) == len(expected) == 3
     for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        for i, n in enumerate(frames.tolist()):
+            torch.testing.assert_close(a[i, :n], b[i, :n], atol=1e-4, rtol=1e-4)
 
 
 def test_position_table_is_s3prls_formula():

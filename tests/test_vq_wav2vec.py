@@ -1,5 +1,6 @@
 """vq-wav2vec: against fairseq's model (s3prl's copy) with its weights, frames, padding, the BCE, codes on disk."""
 
+import argparse
 import math
 import re
 import subprocess
@@ -18,7 +19,7 @@ from speechssl.errors import AudioError, ConfigError
 from speechssl.extract import extract
 from speechssl.masking import sample_negatives
 from speechssl.registry import build_upstream, get_entry
-from upstream.vq_wav2vec import FEATURE_LAYERS, MaskedGroupNorm, VQWav2VecObjective
+from upstream.vq_wav2vec import FEATURE_LAYERS, MaskedGroupNorm, VQWav2VecObjective, from_fairseq
 
 QUANTIZERS = ["gumbel", "kmeans"]
 
@@ -33,37 +34,21 @@ def count(module):
 
 def fairseq_wav2vec(**config):
     """fairseq's ``Wav2VecModel`` as s3prl copies it (``s3prl/upstream/wav2vec/wav2vec_model.py``)."""
+    return fairseq_wav2vec_and_config(**config)[0]
+
+
+def fairseq_wav2vec_and_config(**config):
+    """The model and its fairseq config (the ``Wav2VecConfig`` a checkpoint's ``args`` hold)."""
     module = pytest.importorskip("s3prl.upstream.wav2vec.wav2vec_model")
     defaults = dict(activation="gelu", vq_type="gumbel", vq_depth=2, combine_groups=True, log_compression=False,
                     skip_connections_agg=True, infonce=False)
-    return module.Wav2VecModel(module.Wav2VecConfig(**{**defaults, **config}))
+    fairseq_config = module.Wav2VecConfig(**{**defaults, **config})
+    return module.Wav2VecModel(fairseq_config), fairseq_config
 
 
 def spec(layers):
     """Our [channels, kernel, stride] lists as fairseq's layer string."""
     return "[" + ", ".join(f"({d}, {k}, {s})" for d, k, s in layers) + "]"
-
-
-def our_state_from_fairseq(state, groups, num_codes):
-    """fairseq's ``Wav2VecModel`` weights under our names: upstream keys, and ``project_to_steps.*`` for the objective."""
-    ours = {}
-    for key, value in state.items():
-        key = re.sub(r"^feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_extractor.blocks.\1.conv.", key)
-        key = re.sub(r"^feature_extractor\.conv_layers\.(\d+)\.2\.", r"feature_extractor.blocks.\1.norm.", key)
-        key = re.sub(r"^feature_aggregator\.conv_layers\.(\d+)\.1\.", r"feature_aggregator.blocks.\1.conv.", key)
-        key = re.sub(r"^feature_aggregator\.conv_layers\.(\d+)\.3\.", r"feature_aggregator.blocks.\1.norm.", key)
-        key = key.replace("wav2vec_predictions.", "")
-        key = key.replace("vector_quantizer.projection.0.", "kmeans_projection.conv.")
-        key = key.replace("vector_quantizer.projection.1.", "kmeans_projection.norm.")
-        key = key.replace("vector_quantizer.weight_proj.0.0.", "quantizer.hidden.0.")
-        if key in ("vector_quantizer.vars", "vector_quantizer.embedding"):
-            key = "quantizer.codebook"
-        if key == "vector_quantizer.weight_proj.1.weight":  # (G*V, D_in) -> (G, D_in, V)
-            key, value = "quantizer.logit_weight", value.view(groups, num_codes, -1).permute(0, 2, 1)
-        if key == "vector_quantizer.weight_proj.1.bias":
-            key, value = "quantizer.logit_bias", value.view(groups, num_codes)
-        ours[key] = value
-    return ours
 
 
 def test_paper_size_parameter_count_and_offset_match_fairseq():
@@ -80,24 +65,26 @@ def test_paper_size_parameter_count_and_offset_match_fairseq():
 
 
 @pytest.mark.parametrize("quantizer", QUANTIZERS)
-def test_matches_fairseq_with_its_weights(quantizer):
-    """z, codes, quantized frames, every aggregator layer (s3prl's hidden states), perplexities, predictions."""
+def test_matches_fairseq_with_its_weights(quantizer, tmp_path):
+    """z, codes, quantized frames, every aggregator layer (s3prl's hidden states), perplexities, predictions,
+    the upstream read in one line from a checkpoint in fairseq's layout (its config as an argparse.Namespace)."""
     conv = [[16, 10, 5], [16, 8, 4], [16, 4, 2], [16, 4, 2], [16, 4, 2], [16, 1, 1]]
     aggregator = [[16, 2, 1], [24, 3, 1], [24, 4, 1]]  # 16 -> 24 needs a residual projection
     G, V = 2, 8
     torch.manual_seed(0)
-    reference = fairseq_wav2vec(conv_feature_layers=spec(conv), conv_aggregator_layers=spec(aggregator),
-                                vq_type=quantizer, vq_vars=V, vq_groups=G, prediction_steps=3).eval()
+    reference, fairseq_config = fairseq_wav2vec_and_config(conv_feature_layers=spec(conv), conv_aggregator_layers=spec(aggregator),
+                                                           vq_type=quantizer, vq_vars=V, vq_groups=G, prediction_steps=3)  # fmt: skip
+    reference.eval()
     with torch.no_grad():
         for name, p in reference.named_parameters():
             if re.search(r"conv_layers\.\d+\.[23]\.|projection\.1\.", name):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p) if name.endswith("weight") else 0.1 * torch.randn_like(p))
-    model = tiny(conv_layers=conv, aggregator_layers=aggregator, vector_quantizer=quantizer, vq_vars=V, vq_groups=G,
-                 vq_depth=2, prediction_steps=3).eval()
+    args = argparse.Namespace(arch="wav2vec", **{k: getattr(v, "value", v) for k, v in vars(fairseq_config).items()})
+    torch.save({"args": args, "model": reference.state_dict(), "optimizer_history": []}, tmp_path / "vq-wav2vec.pt")
+    model = speechssl.load_upstream("vq_wav2vec", ckpt=tmp_path / "vq-wav2vec.pt")
+    assert (model.config.conv_layers, model.config.aggregator_layers) == (conv, aggregator)
     objective = VQWav2VecObjective(model).eval()
-    state = our_state_from_fairseq(reference.state_dict(), G, V)
-    predictor = {k: state.pop(k) for k in list(state) if k.startswith("project_to_steps.")}
-    model.load_state_dict(state)
+    predictor = {k: v for k, v in from_fairseq(reference.state_dict(), G, V).items() if k.startswith("project_to_steps.")}
     objective.project_to_steps.load_state_dict({k.split(".", 1)[1]: v for k, v in predictor.items()})
 
     hooked = []  # s3prl's hooks: the inputs of aggregator layers 2 .. L, then the aggregator's output

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from speechssl import features
+from speechssl.errors import CheckpointError
 from speechssl.frames import frames_snip_edges
 from speechssl.interface import Features, Upstream, zero_padding
 from speechssl.masking import shift_targets
@@ -195,7 +196,40 @@ def _perplexity(codes: torch.Tensor, valid: torch.Tensor, codebook_size: int) ->
     return entropy.exp().mean()
 
 
+def convert_s3prl(content: dict, overrides: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An s3prl APC / VQ-APC checkpoint -> ``(config, state dict)``.
+
+    s3prl's layout: ``config["model"]["paras"]`` (``num_layers``, ``hidden_size``,
+    ``dropout``, ``residual``, ``vq``), ``config["data"]["audio"]`` (its fbank) and the
+    weights of its ``APC`` under ``model``. s3prl's VQ layers quantize the last layer's
+    output, one per slice of it: our VQ groups. The postnet (the objective's) is left out.
+    """
+    config, theirs = content.get("config"), content.get("model")
+    paras = config.get("model", {}).get("paras") if isinstance(config, dict) else None
+    if not isinstance(paras, dict) or not isinstance(theirs, dict) or "rnn_layers.0.weight_ih_l0" not in theirs:
+        raise CheckpointError(
+            "not an s3prl APC checkpoint (expected config.model.paras and the 'model' weights of its APC); "
+            f"found keys {', '.join(map(str, content))}"
+        )
+    audio = config.get("data", {}).get("audio", {})
+    L, H = paras["num_layers"], paras["hidden_size"]
+    ours = dict(num_mel_bins=theirs["rnn_layers.0.weight_ih_l0"].shape[1], cmvn=bool(audio.get("cmvn", True)), rnn="gru",
+                hidden_size=H, num_layers=L, dropout=paras.get("dropout", 0.1), residual=bool(paras.get("residual", True)))  # fmt: skip
+    state = {f"rnns.{k[len('rnn_layers.'):]}": v for k, v in theirs.items() if k.startswith("rnn_layers.")}
+    vq = paras.get("vq")
+    if vq:
+        sizes, dims = list(vq["codebook_size"]), list(vq["code_dim"])
+        if len(set(sizes)) != 1 or len(set(dims)) != 1:
+            raise CheckpointError(f"s3prl VQ layers of unequal sizes {sizes} / code dims {dims} are not supported")
+        ours.update(vq_layers=[L], codebook_size=sizes[0], vq_groups=len(sizes), gumbel_temperature=vq.get("gumbel_temperature", 0.5))
+        layers = range(len(sizes))
+        state[f"quantizers.{L}.logit_weight"] = torch.stack([theirs[f"vq_layers.{g}.vq_logits.weight"].T for g in layers])
+        state[f"quantizers.{L}.logit_bias"] = torch.stack([theirs[f"vq_layers.{g}.vq_logits.bias"] for g in layers])
+        state[f"quantizers.{L}.codebook"] = torch.stack([theirs[f"vq_layers.{g}.codebook_CxE.weight"].T for g in layers])
+    return ours, state
+
+
 TINY = dict(hidden_size=64, num_layers=2, dropout=0.0)
 
-register("apc", APC, APCConfig, objective=APCObjective, tiny=TINY)
-register("vq_apc", APC, VQAPCConfig, objective=APCObjective, tiny={**TINY, "codebook_size": 32})
+register("apc", APC, APCConfig, objective=APCObjective, tiny=TINY, converters={"s3prl": convert_s3prl})
+register("vq_apc", APC, VQAPCConfig, objective=APCObjective, tiny={**TINY, "codebook_size": 32}, converters={"s3prl": convert_s3prl})

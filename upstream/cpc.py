@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechssl import features
+from speechssl.errors import CheckpointError
 from speechssl.frames import frames_conv_stack, receptive_field
 from speechssl.interface import Features, Upstream, lengths_to_mask, zero_padding
 from speechssl.masking import sample_negatives, shift_targets
@@ -376,6 +377,35 @@ def _check_config(config: CPCConfig) -> None:
         raise ValueError(f"cpc: predictor_window must be >= 1, got {config.predictor_window}")
 
 
+def convert_s3prl(content: dict, overrides: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An s3prl / CPC_audio modified-CPC checkpoint (``config``: its arguments, ``weights``: its
+    ``CPCModel``) -> ``(config, state dict)``. Only the modified CPC (channel norm, LSTM context,
+    forward direction, conv encoder) has an equivalent here; the criterion's weights are left out."""
+    args, theirs = content.get("config"), content.get("weights")
+    if not isinstance(args, dict) or not isinstance(theirs, dict) or "gEncoder.conv0.weight" not in theirs:
+        raise CheckpointError(
+            "not an s3prl CPC checkpoint (expected its arguments under 'config' and the CPCModel's 'weights'); "
+            f"found keys {', '.join(map(str, content))}"
+        )
+    for key, expected in (("arMode", "LSTM"), ("normMode", "layerNorm"), ("encoder_type", "cpc")):  # s3prl's defaults
+        if args.get(key, expected) != expected:
+            raise CheckpointError(f"CPC option {key}={args[key]!r} is not the modified CPC's ({expected!r})")
+    if args.get("cpc_mode") == "reverse":
+        raise CheckpointError("CPC option cpc_mode='reverse' (a backward context) is not supported")
+    C, H, L = args.get("hiddenEncoder", 256), args.get("hiddenGar", 256), args.get("nLevelsGRU", 1)
+    state = {}
+    for i in range(len(CONV_LAYERS)):
+        state[f"feature_encoder.convs.{i}.weight"] = theirs[f"gEncoder.conv{i}.weight"]
+        state[f"feature_encoder.convs.{i}.bias"] = theirs[f"gEncoder.conv{i}.bias"]
+        state[f"feature_encoder.norms.{i}.weight"] = theirs[f"gEncoder.batchNorm{i}.weight"].reshape(C)
+        state[f"feature_encoder.norms.{i}.bias"] = theirs[f"gEncoder.batchNorm{i}.bias"].reshape(C)
+    for key, value in theirs.items():  # one nn.LSTM of L layers -> L one-layer LSTMs
+        if key.startswith("gAR.baseNet."):
+            name, layer = key[len("gAR.baseNet."):].rsplit("_l", 1)
+            state[f"context.{layer}.{name}_l0"] = value
+    return dict(conv_dim=C, context_size=H, context_layers=L), state
+
+
 TINY = dict(  # normalised waveforms: as cpc_tiny.yaml, so that quiet synthetic speech trains (see there)
     normalize_waveform=True,
     conv_dim=32,
@@ -388,4 +418,4 @@ TINY = dict(  # normalised waveforms: as cpc_tiny.yaml, so that quiet synthetic 
     predictor_window=32,
 )
 
-register("cpc", CPC, CPCConfig, objective=CPCObjective, tiny=TINY)
+register("cpc", CPC, CPCConfig, objective=CPCObjective, tiny=TINY, converters={"s3prl": convert_s3prl})

@@ -35,10 +35,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechssl.errors import CheckpointError
+from speechssl.interop import fairseq_model_config, fairseq_model_name
 from speechssl.objective import LABEL_PAD, Objective
 from speechssl.registry import register
 from upstream.wav2vec2 import TINY as W2V_TINY
-from upstream.wav2vec2 import EncoderConfig, Wav2Vec2, from_hf, from_torchaudio, masked_pass
+from upstream.wav2vec2 import (
+    EncoderConfig,
+    Wav2Vec2,
+    encoder_config_from_hf,
+    encoder_config_from_torchaudio,
+    fairseq_encoder_config,
+    fairseq_to_torchaudio,
+    from_hf,
+    from_torchaudio,
+    hf_config,
+    masked_pass,
+    to_hf,
+    upstream_state,
+)
 
 CLUSTERS_BY_ITERATION = {1: 100, 2: 500}
 
@@ -167,7 +182,64 @@ def from_hf_hubert(state: dict[str, torch.Tensor], config: HubertConfig) -> dict
     return from_hf(state, config)
 
 
+def convert_hf(content: dict, overrides: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An HF ``HubertModel`` folder -> ``(config, state dict)`` (the clusters are not in it: the config's default)."""
+    hf = hf_config(content, "hubert")
+    try:
+        config = encoder_config_from_hf(hf)
+    except AttributeError as e:
+        raise CheckpointError(f"HF config.json has no '{e.name}'") from e
+    return config, upstream_state(from_hf_hubert(content["state"], HubertConfig(**{**config, **overrides})))
+
+
+def convert_torchaudio(content: dict, overrides: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A torchaudio ``hubert_*`` state dict (the model, or ``hubert_pretrain_model``) -> ``(config, state dict)``."""
+    pretraining = "logit_generator.label_embeddings" in content
+    encoder = {k[len("wav2vec2."):]: v for k, v in content.items() if k.startswith("wav2vec2.")} if pretraining else content
+    config = encoder_config_from_torchaudio(encoder, overrides)
+    if pretraining:
+        config.update(num_clusters=content["logit_generator.label_embeddings"].shape[0],
+                      final_dim=content["logit_generator.final_proj.weight"].shape[0])  # fmt: skip
+        state = upstream_state(from_torchaudio_pretrain(content, HubertConfig(**{**config, **overrides})))
+    else:
+        state = from_torchaudio(encoder, HubertConfig(**{**config, **overrides}))
+    return config, state
+
+
+def convert_fairseq(content: dict, overrides: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A fairseq HuBERT checkpoint (``cfg`` / ``args`` + ``model``) -> ``(config, state dict)``."""
+    name = fairseq_model_name(content)
+    if name != "hubert":
+        raise CheckpointError(f"a fairseq checkpoint of a '{name}' model, not hubert")
+    c = fairseq_model_config(content)
+    config = dict(
+        fairseq_encoder_config(c),
+        final_dim=c.get("final_dim", 0) or c.get("encoder_embed_dim", 768),
+        logit_temp=c.get("logit_temp", 0.1),
+        mask_prob=c.get("mask_prob", 0.65),
+        mask_length=c.get("mask_length", 10),
+        feature_grad_mult=c.get("feature_grad_mult", 1.0),
+    )
+    if "label_embs_concat" in content["model"]:
+        config["num_clusters"] = content["model"]["label_embs_concat"].shape[0]
+    state = fairseq_to_torchaudio(content["model"])
+    return config, from_torchaudio(state, HubertConfig(**{**config, **overrides}))
+
+
+def to_hf_hubert(model: Hubert) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Our :class:`Hubert` -> an HF ``HubertModel`` config dict and state dict."""
+    return to_hf(model, "hubert")
+
+
 TINY = dict(W2V_TINY, num_clusters=8)
 TINY = {k: v for k, v in TINY.items() if k not in ("final_dim", "latent_vars", "num_negatives")} | {"final_dim": 16}
 
-register("hubert", Hubert, HubertConfig, objective=HubertObjective, tiny=TINY)
+register(
+    "hubert",
+    Hubert,
+    HubertConfig,
+    objective=HubertObjective,
+    tiny=TINY,
+    converters={"fairseq": convert_fairseq, "hf": convert_hf, "torchaudio": convert_torchaudio},
+    exporters={"hf": to_hf_hubert},
+)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from speechssl import features
+from speechssl.errors import CheckpointError
 from speechssl.frames import frames_centered, frames_snip_edges
 from speechssl.interface import Features, Upstream, lengths_to_mask, zero_padding
 from speechssl.masking import frame_mask
@@ -222,7 +223,62 @@ class _Activation(nn.Module):
         return ACTIVATIONS[self.name](x)
 
 
+def convert_s3prl(content: dict, overrides: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An s3prl Mockingjay / TERA checkpoint -> ``(config, state dict)``.
+
+    s3prl's layout: the upstream config under ``Config`` (or ``Upstream_Config`` in newer
+    runners) with a ``transformer`` section, the weights of its ``TransformerModel`` under
+    ``Transformer``. Its q, k and v projections are fused into one; its input features
+    (``audio`` section) map to our nearest front-end (see the module doc for where they differ).
+    """
+    config = next((c for c in (content.get("Upstream_Config"), content.get("Config"))
+                   if isinstance(c, dict) and "transformer" in c), None)  # fmt: skip
+    if config is None or "Transformer" not in content:
+        raise CheckpointError(
+            "not an s3prl Mockingjay/TERA checkpoint (expected 'Config' with a 'transformer' section and "
+            f"'Transformer' weights); found keys {', '.join(map(str, content))}"
+        )
+    t = config["transformer"]
+    for key in ("pre_layer_norm", "share_layer"):
+        if t.get(key):
+            raise CheckpointError(f"s3prl transformer option {key}=True is not supported")
+    theirs = {k.replace("gamma", "weight").replace("beta", "bias"): v for k, v in content["Transformer"].items()}  # as s3prl
+    try:
+        state = {
+            "input_projection.weight": theirs["input_representations.spec_transform.weight"],
+            "input_projection.bias": theirs["input_representations.spec_transform.bias"],
+            "input_norm.weight": theirs["input_representations.LayerNorm.weight"],
+            "input_norm.bias": theirs["input_representations.LayerNorm.bias"],
+        }
+        for i in range(t["num_hidden_layers"]):
+            layer, mine = f"encoder.layer.{i}.", f"transformer.layers.{i}."
+            for p in ("weight", "bias"):
+                qkv = [theirs[f"{layer}attention.self.{n}.{p}"] for n in ("query", "key", "value")]
+                state[f"{mine}attention.qkv.{p}"] = torch.cat(qkv)
+                for ours, their in (("attention.out", "attention.output.dense"), ("attention_norm", "attention.output.LayerNorm"),
+                                    ("ffn_in", "intermediate.dense"), ("ffn_out", "output.dense"),
+                                    ("ffn_norm", "output.LayerNorm")):  # fmt: skip
+                    state[f"{mine}{ours}.{p}"] = theirs[f"{layer}{their}.{p}"]
+    except KeyError as e:
+        raise CheckpointError(f"s3prl Transformer weights lack {e.args[0]}") from e
+    ours_config = dict(
+        front_end="fbank" if "kaldi" in config.get("audio", {}) else "log_mel",
+        num_mel_bins=state["input_projection.weight"].shape[1],
+        hidden_size=t["hidden_size"],
+        num_layers=t["num_hidden_layers"],
+        num_heads=t["num_attention_heads"],
+        intermediate_size=t["intermediate_size"],
+        activation=t.get("hidden_act", "gelu"),
+        dropout=t.get("hidden_dropout_prob", 0.1),
+        attention_dropout=t.get("attention_probs_dropout_prob", 0.1),
+        layer_norm_eps=t.get("layer_norm_eps", 1e-12),
+        initializer_range=t.get("initializer_range", 0.02),
+    )
+    return ours_config, state
+
+
 TINY = dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, dropout=0.0, attention_dropout=0.0)
 
-register("mockingjay", Mockingjay, MockingjayConfig, objective=MockingjayObjective, tiny=TINY)
-register("tera", Mockingjay, TeraConfig, objective=MockingjayObjective, tiny=TINY)
+CONVERTERS = {"s3prl": convert_s3prl}
+register("mockingjay", Mockingjay, MockingjayConfig, objective=MockingjayObjective, tiny=TINY, converters=CONVERTERS)
+register("tera", Mockingjay, TeraConfig, objective=MockingjayObjective, tiny=TINY, converters=CONVERTERS)

@@ -66,6 +66,7 @@ Where we differ from fairseq, deliberately:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -73,9 +74,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechssl.errors import ConfigError
+from speechssl.errors import CheckpointError, ConfigError
 from speechssl.frames import frames_conv_stack, receptive_field
 from speechssl.interface import Features, Upstream, lengths_to_mask, zero_padding
+from speechssl.interop import fairseq_literal, fairseq_model_config, fairseq_model_name
 from speechssl.masking import sample_negatives
 from speechssl.objective import Objective
 from speechssl.registry import register
@@ -476,6 +478,62 @@ def _check_config(config: VQWav2VecConfig) -> None:
         raise ConfigError(f"vq_wav2vec: prediction_offset must be >= 1 or null (auto), got {config.prediction_offset}")
 
 
+def from_fairseq(state: dict[str, torch.Tensor], groups: int, num_codes: int) -> dict[str, torch.Tensor]:
+    """fairseq's ``Wav2VecModel`` weights under our names: the upstream's keys, and
+    ``project_to_steps.*`` (the :class:`VQWav2VecObjective`'s predictions)."""
+    ours = {}
+    for key, value in state.items():
+        key = re.sub(r"^feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_extractor.blocks.\1.conv.", key)
+        key = re.sub(r"^feature_extractor\.conv_layers\.(\d+)\.2\.", r"feature_extractor.blocks.\1.norm.", key)
+        key = re.sub(r"^feature_aggregator\.conv_layers\.(\d+)\.1\.", r"feature_aggregator.blocks.\1.conv.", key)
+        key = re.sub(r"^feature_aggregator\.conv_layers\.(\d+)\.3\.", r"feature_aggregator.blocks.\1.norm.", key)
+        key = key.replace("wav2vec_predictions.", "")
+        key = key.replace("vector_quantizer.projection.0.", "kmeans_projection.conv.")
+        key = key.replace("vector_quantizer.projection.1.", "kmeans_projection.norm.")
+        key = key.replace("vector_quantizer.weight_proj.0.0.", "quantizer.hidden.0.")
+        if key in ("vector_quantizer.vars", "vector_quantizer.embedding"):
+            key = "quantizer.codebook"
+        if key == "vector_quantizer.weight_proj.1.weight" or (key == "vector_quantizer.weight_proj.weight"):
+            key, value = "quantizer.logit_weight", value.view(groups, num_codes, -1).permute(0, 2, 1)  # (G*V, D) -> (G, D, V)
+        if key in ("vector_quantizer.weight_proj.1.bias", "vector_quantizer.weight_proj.bias"):
+            key, value = "quantizer.logit_bias", value.view(groups, num_codes)
+        ours[key] = value
+    return ours
+
+
+def convert_fairseq(content: dict, overrides: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A fairseq vq-wav2vec checkpoint (``args`` or ``cfg`` + ``model``) -> ``(config, upstream state dict)``."""
+    name = fairseq_model_name(content)
+    c = fairseq_model_config(content)
+    if name != "wav2vec" or c.get("vq_type", "none") not in QUANTIZERS:
+        raise CheckpointError(f"a fairseq checkpoint of a '{name}' model (vq_type {c.get('vq_type')!r}), not vq-wav2vec")
+    for key, expected in (("aggregator", "cnn"), ("skip_connections_agg", True), ("agg_zero_pad", False),
+                          ("skip_connections_feat", False), ("non_affine_group_norm", False), ("vq_dim", 0)):  # fmt: skip
+        if c.get(key, expected) != expected:
+            raise CheckpointError(f"fairseq option {key}={c[key]!r} has no equivalent here (expected {expected!r})")
+    offset = c.get("offset", "auto")
+    config = dict(
+        conv_layers=[list(layer) for layer in fairseq_literal(c["conv_feature_layers"])],
+        aggregator_layers=[list(layer) for layer in fairseq_literal(c["conv_aggregator_layers"])],
+        log_compression=bool(c.get("log_compression", True)),
+        activation=c.get("activation", "relu"),
+        vector_quantizer=c["vq_type"],
+        vq_groups=c.get("vq_groups", 2),
+        vq_vars=c.get("vq_vars", 320),
+        combine_groups=bool(c.get("combine_groups", False)),
+        vq_depth=c.get("vq_depth", 1),
+        gumbel_temperature=[float(t) for t in fairseq_literal(c.get("vq_temp", (2.0, 0.5, 0.999995)))],
+        kmeans_gamma=c.get("vq_gamma", 0.25),
+        aggregator_bias=not c.get("no_conv_bias", False),
+        residual_scale=c.get("residual_scale", 0.5),
+        prediction_steps=c.get("prediction_steps", 12),
+        prediction_offset=None if offset == "auto" else int(offset),
+        num_negatives=c.get("num_negatives", 10),
+    )
+    state = from_fairseq(content["model"], config["vq_groups"], config["vq_vars"])
+    return config, {k: v for k, v in state.items() if not k.startswith("project_to_steps.")}
+
+
 TINY = dict(  # a test size with the paper's 160-sample frames; vq_depth and steps as vq_wav2vec_tiny.yaml (see there)
     conv_layers=[[32, 10, 5], [32, 8, 4], [32, 4, 2], [32, 4, 2], [32, 4, 2]],
     aggregator_layers=[[32, 2, 1], [32, 3, 1], [32, 4, 1]],
@@ -484,4 +542,6 @@ TINY = dict(  # a test size with the paper's 160-sample frames; vq_depth and ste
     prediction_steps=4,
 )
 
-register("vq_wav2vec", VQWav2Vec, VQWav2VecConfig, objective=VQWav2VecObjective, tiny=TINY)
+register(
+    "vq_wav2vec", VQWav2Vec, VQWav2VecConfig, objective=VQWav2VecObjective, tiny=TINY, converters={"fairseq": convert_fairseq}
+)

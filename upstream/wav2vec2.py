@@ -47,12 +47,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, List
+from types import SimpleNamespace
+from typing import Any, Callable, List
 
 import torch
 from torch import nn
 
+from speechssl.errors import CheckpointError
 from speechssl.interface import Features, Upstream, lengths_to_mask, zero_padding
+from speechssl.interop import fairseq_literal, fairseq_model_config, fairseq_model_name
 from speechssl.masking import masked_positions, negative_indices, span_mask
 from speechssl.objective import Objective
 from speechssl.registry import register
@@ -325,9 +328,9 @@ def _check_config(config: Wav2Vec2Config) -> None:
 
 
 # --------------------------------------------------------------------------- other layouts
-# Weights of torchaudio's wav2vec2_model() and of HF's Wav2Vec2Model / Wav2Vec2ForPreTraining,
-# renamed into ours (q, k and v projections fused into one). The checkpoint-interop issue
-# registers these as converters; the parity tests use them today.
+# Weights of torchaudio's wav2vec2_model(), HF's Wav2Vec2Model / Wav2Vec2ForPreTraining and
+# fairseq's Wav2Vec2Model, renamed into ours (q, k and v projections fused into one), and
+# ours back into HF's: the converters and the exporter registered below.
 
 
 def _layer_keys(prefix: str, ours: str, layers: int) -> dict[str, str]:
@@ -417,8 +420,11 @@ def from_hf(state: dict[str, torch.Tensor], config: Wav2Vec2Config) -> dict[str,
     return out
 
 
-def config_from_hf(hf: Any) -> dict[str, Any]:
-    """The :class:`Wav2Vec2Config` fields of an HF ``Wav2Vec2Config``."""
+def encoder_config_from_hf(hf: Any) -> dict[str, Any]:
+    """The :class:`EncoderConfig` fields of an HF ``Wav2Vec2Config`` or ``HubertConfig`` (attributes)."""
+    for key, expected in (("hidden_act", "gelu"), ("feat_extract_activation", "gelu")):
+        if getattr(hf, key, expected) != expected:
+            raise CheckpointError(f"HF config {key}={getattr(hf, key)!r}; only {expected!r} is supported")
     return dict(
         extractor_mode="layer_norm" if hf.feat_extract_norm == "layer" else "group_norm",
         conv_layers=[[d, k, s] for d, k, s in zip(hf.conv_dim, hf.conv_kernel, hf.conv_stride)],
@@ -431,12 +437,219 @@ def config_from_hf(hf: Any) -> dict[str, Any]:
         pos_conv_kernel=hf.num_conv_pos_embeddings,
         pos_conv_groups=hf.num_conv_pos_embedding_groups,
         layer_norm_eps=hf.layer_norm_eps,
+    )
+
+
+def config_from_hf(hf: Any) -> dict[str, Any]:
+    """The :class:`Wav2Vec2Config` fields of an HF ``Wav2Vec2Config``."""
+    return dict(
+        encoder_config_from_hf(hf),
         final_dim=hf.proj_codevector_dim,
         latent_vars=hf.num_codevectors_per_group,
         latent_groups=hf.num_codevector_groups,
         latent_dim=hf.codevector_dim,
         num_negatives=hf.num_negatives,
     )
+
+
+def hf_config(content: dict, model_type: str) -> Any:
+    """The ``config.json`` of an HF folder (``content`` of :func:`speechssl.interop.read_checkpoint`),
+    checked to be of ``model_type``, with attribute access."""
+    config = content["config"]
+    if config.get("model_type") != model_type:
+        raise CheckpointError(
+            f"an HF '{config.get('model_type')}' folder ({', '.join(config.get('architectures') or ['?'])}), "
+            f"not {model_type}"
+        )
+    return SimpleNamespace(**config)
+
+
+def _fields_of(read: Callable[[Any], dict[str, Any]], hf: Any) -> dict[str, Any]:
+    try:
+        return read(hf)
+    except AttributeError as e:
+        raise CheckpointError(f"HF config.json has no '{e.name}'") from e
+
+
+def convert_hf(content: dict, overrides: dict) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An HF ``Wav2Vec2Model`` / ``Wav2Vec2ForPreTraining`` folder -> ``(config, upstream state dict)``."""
+    config = _fields_of(config_from_hf, hf_config(content, "wav2vec2"))
+    return config, upstream_state(from_hf(content["state"], Wav2Vec2Config(**config)))
+
+
+def upstream_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The upstream's part of a converted state dict (an objective's holds it under ``upstream.``)."""
+    if any(key.startswith("upstream.") for key in state):
+        return {key[len("upstream."):]: value for key, value in state.items() if key.startswith("upstream.")}
+    return state
+
+
+# torchaudio's builders: attention heads by model width (the weights do not hold them), and
+# the stride of each conv kernel of their feature encoders
+TORCHAUDIO_HEADS = {768: 12, 1024: 16, 1280: 16}
+TORCHAUDIO_STRIDES = {10: 5, 3: 2, 2: 2}
+
+
+def encoder_config_from_torchaudio(state: dict[str, torch.Tensor], overrides: dict) -> dict[str, Any]:
+    """The :class:`EncoderConfig` fields a torchaudio ``wav2vec2_model`` state dict holds.
+
+    The weights do not hold the attention heads, the conv strides nor whether the
+    Transformer is pre-LN: those follow torchaudio's builders (heads by width:
+    :data:`TORCHAUDIO_HEADS`; strides by kernel: :data:`TORCHAUDIO_STRIDES`; pre-LN with
+    the layer-norm feature encoder), unless ``overrides`` set them.
+    """
+    convs = []
+    while f"feature_extractor.conv_layers.{len(convs)}.conv.weight" in state:
+        convs.append(state[f"feature_extractor.conv_layers.{len(convs)}.conv.weight"])
+    if not convs or "encoder.feature_projection.projection.weight" not in state:
+        raise CheckpointError(f"not a torchaudio wav2vec2_model state dict (keys {', '.join(list(state)[:3])}, ...)")
+    conv_layers = overrides.get("conv_layers")
+    if conv_layers is None:
+        unknown = sorted({w.shape[2] for w in convs} - set(TORCHAUDIO_STRIDES))
+        if unknown:
+            raise CheckpointError(f"conv kernels {unknown} of no torchaudio builder: give conv_layers=[[channels, kernel, stride], ...]")
+        conv_layers = [[w.shape[0], w.shape[2], TORCHAUDIO_STRIDES[w.shape[2]]] for w in convs]
+    D = state["encoder.feature_projection.projection.weight"].shape[0]
+    heads = overrides.get("encoder_heads", TORCHAUDIO_HEADS.get(D))
+    if heads is None:
+        raise CheckpointError(f"a torchaudio state dict of width {D}, which no torchaudio builder has: give encoder_heads=N")
+    layers = 0
+    while f"encoder.transformer.layers.{layers}.attention.q_proj.weight" in state:
+        layers += 1
+    pos = [v for k, v in state.items() if k.startswith("encoder.transformer.pos_conv_embed.conv.") and v.dim() == 3
+           and (k.endswith("weight_v") or k.endswith("original1"))]  # fmt: skip
+    extractor_mode = "layer_norm" if "feature_extractor.conv_layers.1.layer_norm.weight" in state else "group_norm"
+    return dict(
+        extractor_mode=extractor_mode,
+        conv_layers=conv_layers,
+        conv_bias="feature_extractor.conv_layers.0.conv.bias" in state,
+        encoder_dim=D,
+        encoder_layers=layers,
+        encoder_heads=heads,
+        encoder_ffn_dim=state["encoder.transformer.layers.0.feed_forward.intermediate_dense.weight"].shape[0],
+        layer_norm_first=overrides.get("layer_norm_first", extractor_mode == "layer_norm"),
+        pos_conv_kernel=pos[0].shape[2],
+        pos_conv_groups=D // pos[0].shape[1],
+    )
+
+
+def convert_torchaudio(content: dict, overrides: dict) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A torchaudio ``wav2vec2_*`` state dict -> ``(config, state dict)`` (see :func:`encoder_config_from_torchaudio`)."""
+    config = encoder_config_from_torchaudio(content, overrides)
+    return config, from_torchaudio(content, Wav2Vec2Config(**{**config, **overrides}))
+
+
+def fairseq_encoder_config(c: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`EncoderConfig` fields of a fairseq ``Wav2Vec2Config`` / ``HubertConfig`` (or ``args``),
+    fairseq's defaults where a key is absent."""
+    conv = c.get("conv_feature_layers", "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2")
+    return dict(
+        extractor_mode="layer_norm" if c.get("extractor_mode") == "layer_norm" else "group_norm",
+        conv_layers=[list(layer) for layer in fairseq_literal(conv)],
+        conv_bias=bool(c.get("conv_bias", False)),
+        encoder_dim=c.get("encoder_embed_dim", 768),
+        encoder_layers=c.get("encoder_layers", 12),
+        encoder_heads=c.get("encoder_attention_heads", 12),
+        encoder_ffn_dim=c.get("encoder_ffn_embed_dim", 3072),
+        layer_norm_first=bool(c.get("layer_norm_first", False)),
+        pos_conv_kernel=c.get("conv_pos", 128),
+        pos_conv_groups=c.get("conv_pos_groups", 16),
+        dropout=c.get("dropout", 0.1),
+        attention_dropout=c.get("attention_dropout", 0.1),
+        activation_dropout=c.get("activation_dropout", 0.0),
+        layerdrop=c.get("encoder_layerdrop", 0.05),
+        dropout_input=c.get("dropout_input", 0.1),
+    )
+
+
+def fairseq_to_torchaudio(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fairseq's wav2vec 2.0 / HuBERT weights under torchaudio's names (torchaudio's own key map),
+    without the pretraining heads (``mask_emb``, quantizer, projections, label embeddings)."""
+    from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
+
+    encoder = {k: v for k, v in state.items() if not k.startswith(("label_embs_concat", "final_proj", "w2v_model.proj"))}
+    try:
+        return _convert_state_dict(encoder)
+    except ValueError as e:
+        raise CheckpointError(f"fairseq weights with a key torchaudio's map does not know: {e}") from e
+
+
+def convert_fairseq(content: dict, overrides: dict) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A fairseq wav2vec 2.0 checkpoint (``cfg`` / ``args`` + ``model``) -> ``(config, state dict)``."""
+    name = fairseq_model_name(content)
+    if name != "wav2vec2":
+        raise CheckpointError(f"a fairseq checkpoint of a '{name}' model, not wav2vec2")
+    c = fairseq_model_config(content)
+    config = dict(
+        fairseq_encoder_config(c),
+        final_dim=c.get("final_dim", 0) or c.get("encoder_embed_dim", 768),
+        latent_vars=c.get("latent_vars", 320),
+        latent_groups=c.get("latent_groups", 2),
+        latent_dim=c.get("latent_dim", 0),
+        latent_temp=[float(t) for t in fairseq_literal(c.get("latent_temp", (2.0, 0.5, 0.999995)))],
+        mask_prob=c.get("mask_prob", 0.65),
+        mask_length=c.get("mask_length", 10),
+        num_negatives=c.get("num_negatives", 100),
+        logit_temp=c.get("logit_temp", 0.1),
+        feature_grad_mult=c.get("feature_grad_mult", 0.1),
+    )
+    state = fairseq_to_torchaudio(content["model"])
+    return config, from_torchaudio(state, Wav2Vec2Config(**{**config, **overrides}))
+
+
+def to_hf(model: Wav2Vec2, model_type: str = "wav2vec2") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Our :class:`Wav2Vec2` (or HuBERT) -> an HF ``Wav2Vec2Model`` (``HubertModel``) ``config.json`` dict
+    and state dict: the inverse of :func:`from_hf`. HF's ``masked_spec_embed`` (ours lives in the
+    objective, not the upstream) is left out: HF initialises it, as for fine-tuning."""
+    c = model.config
+    renames = _common_keys(len(c.conv_layers), "encoder", "feature_projection", "feature_extractor")
+    renames.update(_layer_keys("encoder", "transformer", c.encoder_layers))
+    inverse = {ours: theirs for theirs, ours in renames.items() if "weight_g" not in theirs and "weight_v" not in theirs}
+    state, D = {}, c.encoder_dim
+    for key, value in model.state_dict().items():
+        if key in inverse:
+            state[inverse[key]] = value
+        elif key.endswith((".attention.qkv.weight", ".attention.qkv.bias")):
+            i, p = key.split(".")[2], key.rsplit(".", 1)[1]
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.split(D)):
+                state[f"encoder.layers.{i}.attention.{name}.{p}"] = part
+        else:
+            raise ValueError(f"{model.name}: no HF name for weight '{key}'")
+    architecture = {"wav2vec2": "Wav2Vec2Model", "hubert": "HubertModel"}[model_type]
+    config = dict(
+        model_type=model_type,
+        architectures=[architecture],
+        hidden_size=D,
+        num_hidden_layers=c.encoder_layers,
+        num_attention_heads=c.encoder_heads,
+        intermediate_size=c.encoder_ffn_dim,
+        hidden_act="gelu",
+        feat_extract_activation="gelu",
+        feat_extract_norm="layer" if c.extractor_mode == "layer_norm" else "group",
+        conv_dim=[d for d, _, _ in c.conv_layers],
+        conv_kernel=[k for _, k, _ in c.conv_layers],
+        conv_stride=[s for _, _, s in c.conv_layers],
+        num_feat_extract_layers=len(c.conv_layers),
+        conv_bias=c.conv_bias,
+        do_stable_layer_norm=c.layer_norm_first,
+        num_conv_pos_embeddings=c.pos_conv_kernel,
+        num_conv_pos_embedding_groups=c.pos_conv_groups,
+        layer_norm_eps=c.layer_norm_eps,
+        hidden_dropout=c.dropout,
+        attention_dropout=c.attention_dropout,
+        activation_dropout=c.activation_dropout,
+        feat_proj_dropout=c.dropout_input,
+        layerdrop=c.layerdrop,
+    )
+    if isinstance(c, Wav2Vec2Config):
+        config.update(
+            proj_codevector_dim=c.final_dim,
+            codevector_dim=c.latent_dim or c.final_dim,
+            num_codevectors_per_group=c.latent_vars,
+            num_codevector_groups=c.latent_groups,
+            num_negatives=c.num_negatives,
+        )
+    return config, state
 
 
 TINY = dict(
@@ -453,4 +666,12 @@ TINY = dict(
     layerdrop=0.0,
 )
 
-register("wav2vec2", Wav2Vec2, Wav2Vec2Config, objective=Wav2Vec2Objective, tiny=TINY)
+register(
+    "wav2vec2",
+    Wav2Vec2,
+    Wav2Vec2Config,
+    objective=Wav2Vec2Objective,
+    tiny=TINY,
+    converters={"fairseq": convert_fairseq, "hf": convert_hf, "torchaudio": convert_torchaudio},
+    exporters={"hf": to_hf},
+)
