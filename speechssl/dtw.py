@@ -3,8 +3,8 @@
 Query-by-example search (SUPERB's QbE, s3prl's ``downstream/quesst14_dtw``) aligns every
 query with every document by subsequence DTW: the query must be matched whole, but may
 start and end anywhere in the document. s3prl runs one ``dtw-python`` call a pair in a
-process pool; here the pairs of a block of queries and documents are aligned together,
-and the one Python loop runs over query frames::
+process pool; here every query is aligned with a block of documents at once, and the one
+Python loop runs over query frames::
 
     distances = subsequence_dtw(queries, query_lens, docs, doc_lens)   # (Q, N)
 
@@ -28,13 +28,22 @@ What each pair gets is exactly s3prl's ``match()`` with its default config
 s3prl's detection score is ``-distance``, then standardised over the documents of each
 query (:func:`downstream.qbe.detection_scores`).
 
-Padding never changes a distance: padded document frames are left out of the row
-normalisation and of the final minimum, and the recurrence only reads columns to the
-left of the one it writes, so padding (even NaN) to the right of a document's last frame
-never reaches a valid cell; padded query rows are computed and discarded.
+How: the valid frames of all queries (sorted by decreasing length, frame index first)
+meet a block of documents (sorted by length, padded to the longest with their own last
+frame) in one matrix product; step ``i`` of the loop makes the local costs of query
+frame ``i`` for every query still that long and every document of the block, and
+advances the recurrence on them. A block's similarities hold at most ``max_cells``
+values, so memory stays bounded whatever the corpus.
+
+Padding never changes a distance: padded query frames are never read; padded document
+frames repeat the last valid one, so a row's min and max (for the normalisation) are
+those of its valid frames, the recurrence only reads columns to the left of the one it
+writes, and the final minimum skips them.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -43,54 +52,94 @@ from speechssl.interface import lengths_to_mask
 DISTANCES = ("cosine", "cosine_exp")
 
 
-def frame_distances(queries: torch.Tensor, docs: torch.Tensor, distance: str = "cosine_exp") -> torch.Tensor:
-    """Local costs between every query frame and every document frame.
+def edge_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``(B, T, D)`` with every padded frame replaced by the utterance's last valid frame."""
+    last = x[torch.arange(len(x), device=x.device), lengths - 1]  # (B, D)
+    return torch.where(lengths_to_mask(lengths, x.shape[1])[..., None], x, last[:, None])
 
-    queries: ``(Q, Tq, D)``; docs: ``(N, Td, D)``. Returns ``(Tq, Q, N, Td)`` (query frames
-    first, so that each DTW step reads one contiguous slice): ``1 - cos`` for ``cosine``,
-    ``exp(1 - cos) - 1`` for ``cosine_exp`` (s3prl's ``cosine_exp``).
+
+def query_frame_rows(queries: torch.Tensor, query_lens: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The valid frames of queries sorted by decreasing length, frame index first.
+
+    queries: ``(Q, Tq, D)``, query_lens ``(Q,)`` non-increasing. Returns ``(R, D)``, R the
+    total of the lengths: frame 0 of every query, then frame 1 of the queries that have
+    one, ...; and ``active``: how many queries have frame ``i``, for each ``i``. Step ``i`` of
+    the DTW reads rows ``sum(active[:i])`` to ``sum(active[:i + 1])``.
     """
-    if distance not in DISTANCES:
-        raise ValueError(f"unknown DTW distance {distance!r}; known: {', '.join(DISTANCES)}")
-    q = torch.nn.functional.normalize(queries, dim=-1)
-    d = torch.nn.functional.normalize(docs, dim=-1)
-    cost = 1 - torch.einsum("qid,njd->iqnj", q, d)  # (Tq, Q, N, Td)
-    return torch.expm1(cost) if distance == "cosine_exp" else cost
+    valid = lengths_to_mask(query_lens, queries.shape[1]).T  # (Tq, Q)
+    active = valid.sum(1).tolist()  # planning, once
+    return queries.transpose(0, 1)[valid], active
 
 
-def minmax_rows(cost: torch.Tensor, doc_mask: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """Each query frame's costs scaled to [0, 1] over the document's valid frames.
+def subsequence_dtw_cost(
+    neg_cos: torch.Tensor,
+    active: list[int],
+    query_lens: torch.Tensor,
+    doc_mask: torch.Tensor,
+    distance: str = "cosine_exp",
+    minmax_norm: bool = True,
+) -> torch.Tensor:
+    """Open-begin, open-end DTW with the asymmetric step pattern, for every query and document.
 
-    cost: ``(Tq, P, Td)``; doc_mask: ``(P, Td)``, True on valid document frames. s3prl's
-    ``minmax_norm``, with its ``1e-9`` floor on the range.
+    neg_cos: ``(R, N, Td)`` negative cosine similarities of the query frame rows of
+    :func:`query_frame_rows` with the document frames, whose padded frames repeat the
+    document's last one (:func:`edge_padded`), so that a row's extremes are those of its
+    valid frames; active: from :func:`query_frame_rows`; query_lens: ``(Q,)``, non-increasing;
+    doc_mask: ``(N, Td)``, True on valid document frames. Returns ``(Q, N)``: the cheapest
+    alignment of each whole query with any stretch of each document, over the query's length.
+
+    The local costs are made one query frame at a time, as ``a * f(x) + b`` with ``x = -cos``
+    (``cosine``: ``f(x) = x``, ``a = b = 1``; ``cosine_exp``: ``f = exp``, ``a = e``, ``b = -1``),
+    with min-max normalisation folded into ``a`` and ``b`` per row: both costs increase with
+    ``x``, so a row's extremes are ``a * f(min x) + b`` and ``a * f(max x) + b``. A query
+    leaves the loop after its last frame (the queries are sorted by decreasing length).
     """
-    valid = doc_mask.unsqueeze(0)
-    low = torch.where(valid, cost, torch.inf).amin(-1, keepdim=True)
-    high = torch.where(valid, cost, -torch.inf).amax(-1, keepdim=True)
-    return (cost - low) / (high - low).clamp_min(eps)
+    Q, (N, Td) = len(query_lens), doc_mask.shape
+    exp = distance == "cosine_exp"
+    a = torch.full((neg_cos.shape[0], N, 1), math.e if exp else 1.0, dtype=neg_cos.dtype, device=neg_cos.device)
+    b = torch.full_like(a, -1.0 if exp else 1.0)
+    if minmax_norm:  # s3prl's minmax_norm, with its 1e-9 floor on the range
+        x_min, x_max = neg_cos.amin(-1, keepdim=True), neg_cos.amax(-1, keepdim=True)  # (R, N, 1)
+        f_min, f_max = (x_min.exp(), x_max.exp()) if exp else (x_min, x_max)
+        scale = 1 / (a * (f_max - f_min)).clamp_min(1e-9)
+        a, b = a * scale, -a * f_min * scale
+    out = torch.empty(Q, N, dtype=neg_cos.dtype, device=neg_cos.device)
+    buffers = [torch.empty(Q, N, Td, dtype=neg_cos.dtype, device=neg_cos.device) for _ in range(3)]
+    views = {}  # the slices each step uses, made again only when the number of queries left changes
+    for i, (x, a_i, b_i) in enumerate(zip(neg_cos.split(active), a.split(active), b.split(active))):
+        k = len(x)  # the first k queries have a frame i: (k, N, Td)
+        if k not in views:
+            views.clear()
+            views[k] = [(t[:k], t[:k, :, 1:], t[:k, :, :-1], t[:k, :, 2:], t[:k, :, :-2], t[:k, :, 0]) for t in buffers]
+        new, new_1, _, _, _, _ = views[k][i % 2]  # ping-pong between two buffers: G[i] and G[i-1]
+        g, g_1, g_0, _, g_00, g_c0 = views[k][1 - i % 2]
+        reach, reach_1, _, reach_2, _, reach_c0 = views[k][2]
+        if exp:
+            torch.exp(x, out=new)
+            torch.addcmul(b_i, new, a_i, out=new)  # the local costs of query frame i
+        else:
+            torch.addcmul(b_i, x, a_i, out=new)
+        if i > 0:  # G[i-1, j], and the moves from j-1 and j-2; at i = 0 (open begin) G = C
+            torch.minimum(g_1, g_0, out=reach_1)  # g_1[j-1] = G[i-1, j], g_0[j-1] = G[i-1, j-1]
+            reach_c0.copy_(g_c0)
+            torch.minimum(reach_2, g_00, out=reach_2)
+            new.add_(reach)
+        done = active[i + 1] if i + 1 < len(active) else 0
+        if done < k:  # open end: the best last document frame of the queries ending here
+            out[done:k] = new[done:k].masked_fill(~doc_mask, torch.inf).amin(-1)
+    return out / query_lens.to(neg_cos.dtype)[:, None]
 
 
-def subsequence_dtw_cost(cost: torch.Tensor, query_lens: torch.Tensor, doc_mask: torch.Tensor) -> torch.Tensor:
-    """Open-begin, open-end DTW with the asymmetric step pattern, for ``P`` pairs at once.
-
-    cost: ``(Tq, P, Td)`` local costs; query_lens: ``(P,)`` valid query frames of each pair;
-    doc_mask: ``(P, Td)``. Returns ``(P,)``: the cheapest alignment of each whole query with
-    any stretch of its document, divided by the query's length (``normalizedDistance``).
-    """
-    steps, pairs, _ = cost.shape
-    inf = torch.tensor(torch.inf, dtype=cost.dtype, device=cost.device)
-    last = (query_lens - 1).clamp_min(0)
-    best = torch.full((pairs,), torch.inf, dtype=cost.dtype, device=cost.device)
-    g = cost[0]  # open begin: any document frame may take the query's first frame
-    for i in range(steps):
-        if i > 0:
-            reach = g.clone()  # G[i-1, j], then the moves from j-1 and j-2
-            reach[:, 1:] = torch.minimum(reach[:, 1:], g[:, :-1])
-            reach[:, 2:] = torch.minimum(reach[:, 2:], g[:, :-2])
-            g = cost[i] + reach
-        end = torch.where(doc_mask, g, inf).amin(-1)  # open end: the best last document frame
-        best = torch.where(last == i, end, best)
-    return best / query_lens.to(cost.dtype)
+def runs(lengths: list[int], fits) -> list[slice]:
+    """Consecutive runs of ``lengths``, each as long as ``fits(start, stop)`` allows (one item at least)."""
+    out, start = [], 0
+    while start < len(lengths):
+        stop = start + 1
+        while stop < len(lengths) and fits(start, stop + 1):
+            stop += 1
+        out.append(slice(start, stop))
+        start = stop
+    return out
 
 
 def subsequence_dtw(
@@ -109,9 +158,11 @@ def subsequence_dtw(
     D)`` padded, with doc_lens ``(N,)``. Returns ``(Q, N)`` float distances, lower = better
     match, on the inputs' device and dtype (see the module docstring for the recipe).
 
-    The documents are taken in blocks so that one block's local costs (all queries x the
-    block's documents x Tq x Td) hold at most ``max_cells`` values (64 MiB in float32 by
-    default); each block is trimmed to its longest document.
+    Memory is bounded by ``max_cells`` (64 MiB of float32 similarities by default): the
+    queries, sorted by length, go in groups whose frames against the longest document fit
+    in it, and the documents, sorted by length, in blocks of lengths within 25% of one
+    another whose similarities with the group's frames fit in it (at least one query and
+    one document each). Each group meets each block in one matrix product.
     """
     if queries.dim() != 3 or docs.dim() != 3 or queries.shape[-1] != docs.shape[-1]:
         raise ValueError(
@@ -127,28 +178,28 @@ def subsequence_dtw(
         raise ValueError(f"query lengths must be in [1, {queries.shape[1]}], found {query_lens.tolist()}")
     if doc_lens.numel() and bool((doc_lens < 1).any() | (doc_lens > docs.shape[1]).any()):
         raise ValueError(f"document lengths must be in [1, {docs.shape[1]}], found {doc_lens.tolist()}")
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown DTW distance {distance!r}; known: {', '.join(DISTANCES)}")
     Q, N = queries.shape[0], docs.shape[0]
     out = torch.empty(Q, N, dtype=queries.dtype, device=queries.device)
     if Q == 0 or N == 0:
         return out
     query_lens, doc_lens = query_lens.to(queries.device), doc_lens.to(queries.device)
-    queries = queries[:, : int(query_lens.max())]
-    Tq = queries.shape[1]
+    by_length = torch.argsort(query_lens, descending=True, stable=True)
+    queries, q_lens = torch.nn.functional.normalize(queries[by_length], dim=-1), query_lens[by_length]
     order = torch.argsort(doc_lens)  # blocks of similar lengths waste less on padding
-    lens_sorted = doc_lens[order].tolist()
-    start = 0
-    while start < N:
-        stop = start + 1  # grow the block while it fits in max_cells
-        while stop < N and Q * (stop + 1 - start) * Tq * lens_sorted[stop] <= max_cells:
-            stop += 1
-        index = order[start:stop]
-        Td = lens_sorted[stop - 1]
-        block, block_lens = docs[index, :Td], doc_lens[index]
-        cost = frame_distances(queries, block, distance).reshape(Tq, Q * len(index), Td)  # (Tq, P, Td)
-        doc_mask = lengths_to_mask(block_lens, Td).repeat(Q, 1)  # (P, Td), pairs query-major
-        if minmax_norm:
-            cost = minmax_rows(cost, doc_mask)
-        pair_query_lens = query_lens.repeat_interleave(len(index))
-        out[:, index] = subsequence_dtw_cost(cost, pair_query_lens, doc_mask).reshape(Q, len(index))
-        start = stop
+    q_sorted, d_sorted = q_lens.tolist(), doc_lens[order].tolist()  # planning, once
+    budget = max_cells // d_sorted[-1]  # query frames a group, against the longest document
+    for group in runs(q_sorted, lambda a, b: sum(q_sorted[a:b]) <= budget):
+        frames, active = query_frame_rows(queries[group], q_lens[group])
+        frames = -frames  # (R, D): the product gives -cos
+        R = len(frames)
+        for block in runs(d_sorted, lambda a, b: R * (b - a) * d_sorted[b - 1] <= max_cells
+                          and d_sorted[b - 1] <= 1.25 * d_sorted[a]):  # fmt: skip
+            index, Td = order[block], d_sorted[block.stop - 1]
+            docs_b = torch.nn.functional.normalize(edge_padded(docs[index, :Td], doc_lens[index]), dim=-1)
+            neg_cos = (frames @ docs_b.reshape(-1, docs_b.shape[-1]).T).view(R, len(index), Td)  # (R, Nb, Td)
+            doc_mask = lengths_to_mask(doc_lens[index], Td)  # (Nb, Td)
+            distances = subsequence_dtw_cost(neg_cos, active, q_lens[group], doc_mask, distance, minmax_norm)
+            out[by_length[group, None], index[None, :]] = distances  # (Qg, Nb)
     return out

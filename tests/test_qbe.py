@@ -94,7 +94,7 @@ def test_padding_and_blocks_do_not_change_distances():
     garbage_d = torch.cat([docs, 1e3 * torch.randn(6, 10, 6, generator=g, dtype=torch.float64)], 1)
     garbage_d[:, :, 0] = torch.where(torch.arange(43)[None] >= d_lens[:, None], torch.nan, garbage_d[:, :, 0])
     garbage_q[:, :, :] = torch.where(torch.arange(9)[None, :, None] < q_lens[:, None, None], queries, garbage_q)
-    for max_cells in (2**24, 1):  # one block, then one document a block
+    for max_cells in (2**24, 600, 1):  # one block; groups of queries and blocks of documents; one pair a block
         ours = subsequence_dtw(garbage_q, q_lens, garbage_d, d_lens, max_cells=max_cells)
         torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
     # each pair alone, unpadded
@@ -103,6 +103,17 @@ def test_padding_and_blocks_do_not_change_distances():
             alone = subsequence_dtw(queries[q : q + 1, : q_lens[q]], q_lens[q : q + 1],
                                     docs[n : n + 1, : d_lens[n]], d_lens[n : n + 1])  # fmt: skip
             assert abs(float(alone[0, 0] - reference[q, n])) < 1e-12
+
+
+@pytest.mark.gpu
+def test_dtw_on_cuda_matches_the_cpu():
+    g = torch.Generator().manual_seed(6)
+    queries, q_lens = padded([5, 9, 3], 16, g)
+    docs, d_lens = padded([20, 8, 33, 15], 16, g)
+    cpu = subsequence_dtw(queries.float(), q_lens, docs.float(), d_lens)
+    cuda = subsequence_dtw(queries.float().cuda(), q_lens.cuda(), docs.float().cuda(), d_lens.cuda(), max_cells=4000)
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=1e-5)
 
 
 def test_dtw_rejects_bad_shapes_and_lengths():
