@@ -45,6 +45,7 @@ from speechssl.interface import Featurizer, Upstream
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.tsv"
+CHUNK_SECONDS = 30  # chunk length for upstreams with chunk_context (see extract)
 
 
 @dataclass
@@ -75,9 +76,13 @@ def extract(
     int64; an upstream without ``Features.extra["codes"]`` raises :class:`ConfigError`
     before any audio is read.
 
-    A file longer than ``max_seconds`` (None: no limit) is skipped, from its header alone:
-    upstreams take an utterance whole (attention over all of it, recurrence, utterance
-    statistics), so memory and time grow with its length (quadratically for attention).
+    Long inputs: an upstream with ``chunk_context`` (outputs local to their frames: the
+    baselines without CMVN) gets a file longer than ``CHUNK_SECONDS`` in chunks that
+    overlap by that context, read from disk chunk by chunk, so memory stays bounded
+    whatever the length and the frames equal those of the whole input. Every other
+    upstream takes an utterance whole (attention over all of it, recurrence, utterance
+    statistics: memory and time grow with its length, quadratically for attention), so
+    a file longer than ``max_seconds`` (None: no limit) is skipped, from its header alone.
 
     Into a folder that holds an earlier extraction, rows are added to ``index.tsv`` (an
     utterance extracted again replaces its row); features of another upstream or layer
@@ -94,10 +99,13 @@ def extract(
     earlier = _earlier_rows(output, upstream.name, str(layer), overwrite)
     report = ExtractReport()
 
-    items = []  # (id, path, num_samples)
+    items, long_items = [], []  # (id, path, num_samples)
     for utt_id, path in find_audio(source):
         try:
             num_samples = resampled_length(path)
+            if upstream.chunk_context is not None and num_samples > CHUNK_SECONDS * SAMPLE_RATE:
+                long_items.append((utt_id, path, num_samples))
+                continue
             if max_seconds is not None and num_samples > max_seconds * SAMPLE_RATE:
                 raise AudioError(
                     f"{path}: {num_samples / SAMPLE_RATE:.1f} s, longer than max_seconds={max_seconds:g}: "
@@ -109,7 +117,7 @@ def extract(
             _skip(report, path, str(e))
 
     rows = []
-    total = sum(n for _, _, n in items) / SAMPLE_RATE
+    total = sum(n for _, _, n in items + long_items) / SAMPLE_RATE
     with tqdm(total=round(total, 1), unit="s", desc="extract") as progress, torch.inference_mode():
         for batch in plan_batches([n for _, _, n in items], int(batch_seconds * SAMPLE_RATE)):
             loaded = []
@@ -127,9 +135,58 @@ def extract(
                 rows += _extract_batch(upstream, featurizer, loaded, output, layer, device, report, codes)
             # after the batch is through the upstream: the bar counts audio processed, not read
             progress.update(round(sum(items[i][2] for i in batch) / SAMPLE_RATE, 1))
+        for utt_id, path, num_samples in long_items:
+            try:
+                rows.append(_extract_chunked(upstream, featurizer, utt_id, path, num_samples, output, layer, device,
+                                             codes, progress))
+                report.written.append(utt_id)
+            except AudioError as e:
+                _skip(report, path, str(e))
     new = {row[0] for row in rows}
     _write_index(output / INDEX_FILE, [row for row in earlier if row[0] not in new] + rows)
     return report
+
+
+def _extract_chunked(upstream, featurizer, utt_id, path, num_samples, output, layer, device, codes, progress) -> list:
+    """One long file through an upstream with ``chunk_context``, in overlapping chunks read one at a time.
+
+    A chunk starting at sample ``a`` (a multiple of the hop) gives the frames of the whole
+    input from ``a / hop`` on; of each chunk only the frames whose context lies inside it
+    are kept, so the result equals the whole input's frames.
+    """
+    hop = upstream.downsample_rate
+    context = -(-upstream.chunk_context // hop) * hop  # whole frames
+    step = CHUNK_SECONDS * SAMPLE_RATE // hop * hop
+    total = int(upstream.num_frames(torch.tensor([num_samples]))[0])
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, num_samples, step):
+        a, b = max(0, start - context), min(num_samples, start + step + context)
+        wav = load_audio(path, start=a, stop=b)
+        feats = upstream(wav[None].to(device), torch.tensor([len(wav)], device=device))
+        named = _named_outputs(feats, featurizer, codes)
+        first, last = start // hop, total if b == num_samples else (start + step) // hop
+        for name, value in named.items():
+            parts.setdefault(name, []).append(value[0, first - a // hop : last - a // hop].cpu())
+        progress.update(round((min(start + step, num_samples) - start) / SAMPLE_RATE, 1))
+        if b == num_samples:
+            break
+    tensors = {name: torch.cat(chunks) for name, chunks in parts.items()}
+    target = output / f"{utt_id}.safetensors"
+    metadata = {"upstream": upstream.name, "layer": str(layer), "source": str(path),
+                "downsample_rate": str(hop), "num_samples": str(num_samples), "chunked": str(step)}
+    save_tensors(target, tensors, metadata)
+    return [utt_id, str(path), str(target.relative_to(output)), total, num_samples]
+
+
+def _named_outputs(feats, featurizer, codes: bool) -> dict[str, torch.Tensor]:
+    """The tensors written per utterance, each ``(B, T, ...)``: every hidden state, or one ``features``; ``codes``."""
+    if featurizer is None:
+        named = {f"hidden_state_{i:02d}": h for i, h in enumerate(feats.hidden_states)}
+    else:
+        named = {"features": featurizer(feats)[0]}
+    if codes:
+        named["codes"] = feats.extra["codes"]  # (B, T, G) int64
+    return named
 
 
 def _check_writable(output: Path) -> None:
@@ -186,12 +243,7 @@ def _check_codes(upstream: Upstream, device: str) -> None:
 def _extract_batch(upstream, featurizer, loaded, output, layer, device, report, codes=False) -> list[list]:
     wavs, wav_lens = collate([wav for _, _, wav in loaded])
     feats = upstream(wavs.to(device), wav_lens.to(device))
-    if featurizer is None:
-        named = {f"hidden_state_{i:02d}": h for i, h in enumerate(feats.hidden_states)}
-    else:
-        named = {"features": featurizer(feats)[0]}
-    if codes:
-        named["codes"] = feats.extra["codes"]  # (B, T, G) int64
+    named = _named_outputs(feats, featurizer, codes)
     lengths = feats.lengths.cpu()
     rows = []
     for b, (utt_id, path, wav) in enumerate(loaded):

@@ -77,6 +77,12 @@ class Upstream(nn.Module):
     name: str = ""  # set by speechssl.registry.register
     downsample_rate: int
     min_samples: int
+    # Samples of input each side of a frame beyond which its output no longer changes: with
+    # it, ``speechssl extract`` cuts a long input into chunks overlapping by that much and
+    # gets the frames of the whole input. None (the default): outputs depend on the whole
+    # input (attention over all frames, recurrence, utterance normalisation), so a long input
+    # is taken whole, up to extract's ``max_seconds``.
+    chunk_context: int | None = None
 
     def __init__(self, config) -> None:
         super().__init__()

@@ -290,3 +290,25 @@ def test_paths_hydra_cannot_lex_are_quoted():
         (arg,) = quote_unlexable([f"input={path}"])
         assert parser.parse_override(arg).value() == path
     assert quote_unlexable(["input=/a/b.wav", "layer=3"]) == ["input=/a/b.wav", "layer=3"]
+
+
+@pytest.mark.parametrize("name", ["fbank", "mfcc", "mel"])
+def test_long_inputs_are_chunked_into_the_frames_of_the_whole_input(tmp_path, monkeypatch, name):
+    import speechssl.extract as extract_module
+
+    write_clips(tmp_path / "a", seconds=(3.37,))
+    upstream = build_upstream(name, cmvn=False)
+    assert build_upstream(name).chunk_context is None  # CMVN: statistics of the whole utterance
+    whole = extract(upstream, tmp_path / "a", tmp_path / "whole")
+    monkeypatch.setattr(extract_module, "CHUNK_SECONDS", 1)  # four chunks of 1 s (the last 0.37 s)
+    read = []
+    load = extract_module.load_audio
+    monkeypatch.setattr(extract_module, "load_audio", lambda path, **kw: read.append(kw) or load(path, **kw))
+    chunked = extract(upstream, tmp_path / "a", tmp_path / "chunked", max_seconds=2.0)
+    assert whole.written == chunked.written == ["u0"] and len(read) == 4
+    assert max(kw["stop"] - kw["start"] for kw in read) == 16000 + 2 * 1600  # a chunk and its context
+    a, b = load_file(tmp_path / "whole" / "u0.safetensors"), load_file(tmp_path / "chunked" / "u0.safetensors")
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    for k in a:
+        assert torch.equal(b[k], a[k])  # exactly the frames of the whole input
+    assert index_ids(tmp_path / "chunked") == ["u0"]

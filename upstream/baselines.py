@@ -2,7 +2,9 @@
 
 Each returns one hidden state, the features themselves, at 100 frames a second
 (``downsample_rate`` 160). With ``cmvn`` (default) each utterance is normalised
-over its own valid frames.
+over its own valid frames. Without it the features are local to their frames, so
+``speechssl extract`` cuts long inputs into chunks (``chunk_context``); with it a frame
+depends on the whole utterance's statistics, and long inputs are taken whole.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ class MelConfig:
 
 class _FrontEnd(Upstream):
     downsample_rate = features.HOP
+
+    @property
+    def chunk_context(self) -> int | None:
+        """A frame's window and the Δ/ΔΔ windows (±2 frames each) fit well within 0.1 s each side;
+        CMVN's statistics span the whole utterance."""
+        return None if self.config.cmvn else 1600
 
     def acoustic_features(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The front-end's ``(B, T, D)`` features before CMVN, ``(B,)`` frames."""

@@ -74,9 +74,13 @@ def resampled_length(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) ->
 
 
 def load_audio(
-    path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *, resample: bool = True
+    path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *, resample: bool = True,
+    start: int = 0, stop: int | None = None,
 ) -> torch.Tensor:
     """Read ``path`` as a 1-D float32 tensor in [-1, 1] at ``sample_rate`` Hz.
+
+    ``start``, ``stop``: the samples (at ``sample_rate``) to return; a file at that rate
+    reads only them from disk (long files in bounded memory), others are read whole.
 
     Several channels are averaged to mono (with a logged warning). A file at another
     rate is resampled, or, with ``resample=False``, rejected. Raises
@@ -84,12 +88,13 @@ def load_audio(
     undecodable, zero samples, NaN/Inf samples, or a wrong rate.
     """
     path = Path(path)
-    _check_file(path)
+    _, rate, _ = audio_info(path)  # a truncated WAV is refused here
+    whole = rate != sample_rate or (start == 0 and stop is None)
     try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (S, C)
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True,  # (S, C)
+                                    **({} if whole else {"start": start, "stop": stop}))
     except (soundfile.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"{path}: cannot decode audio ({e})") from e
-    _check_wav_length(path, data.shape[0])
     if data.shape[0] == 0:
         raise AudioError(f"{path}: 0 samples (empty audio)")
     if not np.isfinite(data).all():
@@ -102,6 +107,7 @@ def load_audio(
         if not resample:
             raise AudioError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz")
         wav = AF.resample(wav, orig_freq=rate, new_freq=sample_rate)
+        wav = wav[start:stop]
     return wav
 
 
