@@ -25,7 +25,7 @@ from torch import nn
 
 from downstream.classification import UtteranceClassification
 from downstream.task import Task, get_task
-from speechssl.bootstrap import bootstrap_interval, write_outcomes
+from speechssl.bootstrap import write_outcomes
 from speechssl.checkpoint import TRAIN_WEIGHTS, atomic_write
 from speechssl.data.audio import collate
 from speechssl.data.manifest import load_utterance
@@ -35,7 +35,6 @@ from speechssl.feature_cache import FeatureCache, upstream_fingerprint
 from speechssl.interface import Featurizer, Upstream
 from speechssl.trainer import Trainer, TrainerConfig, to_device
 
-SPLITS = ("train", "dev", "test")
 OUTCOMES_FILE = "test_outcomes.tsv"  # one line per test utterance: id, then the task's outcome counts
 
 
@@ -126,27 +125,29 @@ def evaluate(model: DownstreamModel, dataset, batch_seconds: float, device) -> d
 
 def benchmark(
     upstream: Upstream,
-    task_name: str,
+    task: Task | str,
     rows: dict[str, list[dict]],
     cfg: TrainerConfig,
     run_dir: str | os.PathLike,
     *,
     corpus: str,
     cache_dir: str | os.PathLike,
+    resources: dict[str, Any] | None = None,
     cache_dtype: torch.dtype = torch.float16,
     layer: str | int = "weighted",
     trainable: bool = False,
     normalize: bool = False,
     threads: int | None = None,
-    metric: str | None = None,
     device: str = "cpu",
     info: dict[str, Any] | None = None,
     init: str = "pretrained",
     init_seed: int | None = None,
     source: str = "hidden_states",
 ) -> dict[str, Any]:
-    """Train and score ``task_name`` on ``upstream`` with ``rows[split]``; returns (and writes) the results.
+    """Train and score ``task`` on ``upstream`` with ``rows[split]`` for each of the task's splits
+    (and the corpus ``resources`` it declares); returns (and writes) the results.
 
+    ``task``: a :class:`Task` (its options set: :func:`get_task`), or a task name with its defaults.
     ``init="random"`` marks a random-init control (``upstream`` untrained, its weights
     drawn from ``init_seed``): it goes into ``results.json`` and the run folder's identity.
 
@@ -155,14 +156,16 @@ def benchmark(
     gained nothing measurable with the learning-rate grid: benchmarks/RESULTS.md). ``threads``: torch's
     intra-op threads while the head trains (the upstream fills the cache with the
     process's setting); small heads run faster on one thread (benchmarks/RESULTS.md).
-    ``metric``: another of the task's metrics to select on dev and report (ASR's ``cer``
-    on a corpus too small to learn words), instead of its main one.
     ``source``: ``"hidden_states"`` (SUPERB's weighted sum of layers), or the name of a
     per-utterance output of the upstream (``Upstream.extra_sizes``: DeLoRes's ``embedding``)
     for an utterance-level task: the head reads it as a sequence of one frame.
+
+    A task without a dev split (ASV) is scored with its last checkpoint; a task that
+    trains no head (QbE) scores the cached hidden states directly (``Task.score_untrained``).
     """
     run_dir = Path(run_dir)
-    task = get_task(task_name)
+    task = task if isinstance(task, Task) else get_task(task)
+    task.prepare(frame_rate=upstream.frame_rate, resources=resources)
     if source != "hidden_states":
         if source not in upstream.extra_sizes:
             known = ", ".join(["hidden_states", *upstream.extra_sizes])
@@ -170,81 +173,96 @@ def benchmark(
         if trainable or not isinstance(task, UtteranceClassification):
             raise ConfigError(
                 f"featurizer.source={source}: a per-utterance output serves frozen utterance-level tasks "
-                f"(ks, sid, er, ic), not task '{task_name}'{' fine-tuned' if trainable else ''}"
+                f"(ks, sid, er, ic), not task '{task.name}'{' fine-tuned' if trainable else ''}"
             )
-    if metric is not None and metric != task.metric:
-        if metric not in task.ratios:
-            raise ConfigError(f"task '{task_name}' has no metric '{metric}'; it has {', '.join(task.ratios)}")
-        task.metric = metric
-    for split in SPLITS:
+    if trainable and not task.trains_head:
+        raise ConfigError(f"task '{task.name}' trains nothing: there is no upstream to fine-tune with it")
+    missing = [s for s in task.splits if s not in rows]
+    if missing:
+        raise ConfigError(f"task '{task.name}' needs the split(s) {', '.join(missing)} of corpus '{corpus}'")
+    for split in task.splits:
         task.check_rows(rows[split], f"the {split} split of corpus '{corpus}'")
-    task.fit(rows["train"])
+    task.fit(rows[task.splits[0]])
     run_dir.mkdir(parents=True, exist_ok=True)
     _claim_run_dir(run_dir, {"upstream": upstream.name, "weights": upstream_fingerprint(upstream, torch.float32),
-                             "task": task_name, "corpus": corpus, "trainable": trainable,
+                             "task": task.name, "corpus": corpus, "trainable": trainable,
                              **({"init": init, "init_seed": init_seed} if init != "pretrained" else {})})
     atomic_write(run_dir / "labels.json", lambda tmp: Path(tmp).write_text(json.dumps(task.state())))
 
     torch.manual_seed(cfg.seed)
     if trainable:
-        data = {s: Waveforms(rows[s], task) for s in SPLITS}
+        data = {s: Waveforms(rows[s], task) for s in task.splits}
         upstream.train()
     else:
         upstream.requires_grad_(False)
-        cache = FeatureCache(cache_dir, upstream, f"{corpus}/{task_name}", dtype=cache_dtype, device=device)
-        for split in SPLITS:
+        cache = FeatureCache(cache_dir, upstream, f"{corpus}/{task.name}", dtype=cache_dtype, device=device)
+        for split in task.splits:
             cache.fill(rows[split])
-        data = {s: CachedFeatures(rows[s], cache, task, source) for s in SPLITS}
+        data = {s: CachedFeatures(rows[s], cache, task, source) for s in task.splits}
+    if threads:
+        torch.set_num_threads(threads)
+    if not task.trains_head:
+        scored = task.score_untrained({s: data[s] for s in task.splits}, layer=layer)
+        return _write_results(run_dir, task, upstream, corpus, rows, scored, info, lr=None, step=0, layer=scored.get("layer", layer),
+                              source=source, layer_weights=None, trainable=False, init=init, init_seed=init_seed)
+
     normalize = normalize and not trainable
     sizes = upstream if source == "hidden_states" else [upstream.extra_sizes[source]]
     featurizer = Featurizer(sizes, layer, normalize=normalize)
     if normalize:
         featurizer.set_statistics(*feature_statistics(data["train"], featurizer.states()))
-    if threads:
-        torch.set_num_threads(threads)
     model = DownstreamModel(featurizer, task.head(featurizer.output_size), task, upstream if trainable else None)
 
+    selects = "dev" in task.splits
     metric = f"dev_{task.metric}"
     trainer = Trainer(
         model,
         cfg,
         run_dir,
         device=device,
-        evaluate=lambda m: {f"dev_{k}": v for k, v in evaluate(m, data["dev"], cfg.batch_seconds, device).items()},
-        select=(metric, "max" if task.higher_is_better else "min"),
+        evaluate=(lambda m: {f"dev_{k}": v for k, v in evaluate(m, data["dev"], cfg.batch_seconds, device).items()})
+        if selects else None,
+        select=(metric, "max" if task.higher_is_better else "min") if selects else ("train_loss", "min"),
     )
     trained = trainer.fit(data["train"], data["train"].collate)
 
-    model.load_state_dict(load_file(str(run_dir / "best" / TRAIN_WEIGHTS)))
-    dev = evaluate(model, data["dev"], cfg.batch_seconds, device)
+    # the best checkpoint on dev; without a dev split, the last one (never one chosen on test)
+    model.load_state_dict(load_file(str(run_dir / ("best" if selects else "last") / TRAIN_WEIGHTS)))
     test_predictions = predict(model, data["test"], cfg.batch_seconds, device)
     references = task.references(rows["test"])
-    test = task.score(test_predictions, references)
-    outcomes = task.outcomes(test_predictions, references)
-    write_outcomes(run_dir / OUTCOMES_FILE, [r["id"] for r in rows["test"]], outcomes)
+    scored = {
+        "dev": evaluate(model, data["dev"], cfg.batch_seconds, device) if selects else {},
+        "test": task.score(test_predictions, references),
+        "outcomes": task.outcomes(test_predictions, references),
+    }
+    return _write_results(run_dir, task, upstream, corpus, rows, scored, info, lr=cfg.lr, step=trained["step"],
+                          layer=layer, source=source, layer_weights=featurizer.layer_weights().tolist(),
+                          trainable=trainable, init=init, init_seed=init_seed)
+
+
+def _write_results(run_dir: Path, task: Task, upstream: Upstream, corpus: str, rows: dict[str, list[dict]],
+                   scored: dict[str, Any], info: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
+    """``results.json`` and ``test_outcomes.tsv`` of a scored run: ``scored`` holds its ``dev`` and
+    ``test`` metrics and the test ``outcomes`` (one record per scored item)."""
+    outcomes = scored["outcomes"]
+    write_outcomes(run_dir / OUTCOMES_FILE, task.outcome_ids(rows["test"]), outcomes)
     results = {
         "kind": "benchmark",
         **(info or {}),
         "upstream": upstream.name,
-        "task": task_name,
+        "task": task.name,
         "corpus": corpus,
-        "metric": task.metric,
-        "higher_is_better": task.higher_is_better,
-        "chance": task.chance(rows["train"], rows["test"]),
-        "lr": cfg.lr,
-        "dev": dev,
-        "test": test,
-        # 95% percentile-bootstrap intervals over the test utterances, from the outcomes in OUTCOMES_FILE
-        "test_interval": {m: list(bootstrap_interval(outcomes, ratio)) for m, ratio in task.ratios.items()},
+        **task.describe(),
+        "chance": task.chance(rows[task.splits[0]], rows["test"]),
+        "lr": fields.pop("lr"),
+        "dev": scored["dev"],
+        "test": scored["test"],
+        # 95% percentile-bootstrap intervals over the scored test items, from the outcomes in OUTCOMES_FILE
+        "test_interval": {m: list(interval) for m, interval in task.intervals(outcomes).items()},
         "test_outcomes": OUTCOMES_FILE,
         "outcome_ratios": {m: ratio.as_json() for m, ratio in task.ratios.items()},
-        "layer": layer,
-        "source": source,
-        "layer_weights": featurizer.layer_weights().tolist(),
-        "step": trained["step"],
-        "trainable": trainable,
-        "init": init,
-        "init_seed": init_seed,
+        **{k: v for k, v in scored.items() if k not in ("dev", "test", "outcomes")},
+        **fields,
     }
     atomic_write(run_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     return results
@@ -284,7 +302,7 @@ def _claim_run_dir(run_dir: Path, identity: dict[str, Any]) -> None:
 
 def benchmark_grid(
     upstream: Upstream,
-    task_name: str,
+    task: Task | str,
     rows: dict[str, list[dict]],
     cfg: TrainerConfig,
     lrs: list[float],
@@ -294,18 +312,29 @@ def benchmark_grid(
     """:func:`benchmark` once per learning rate in ``lrs`` (into ``run_dir/lr<lr>``), as SUPERB
     chooses the rate on dev; returns the chosen run's results and writes ``run_dir/grid.json``
     (each rate's dev and test scores, the chosen rate). The cache is filled by the first run only.
+
+    A task that trains nothing runs once (into ``run_dir``); one without a dev split takes
+    exactly one rate, since a rate chosen on test would flatter it.
     """
+    task = task if isinstance(task, Task) else get_task(task)
+    run_dir = Path(run_dir)
+    if not task.trains_head:
+        return benchmark(upstream, task, rows, cfg, run_dir, **options)
     if not lrs:
         raise ConfigError("an empty learning-rate grid; set optim.grid=[...] or optim.lr=...")
-    run_dir = Path(run_dir)
     lrs = sorted(set(lrs))  # ties go to the lowest rate, as the report breaks them
-    runs = [benchmark(upstream, task_name, rows, replace(cfg, lr=lr), run_dir / f"lr{lr:g}", **options) for lr in lrs]
+    if "dev" not in task.splits and len(lrs) > 1:
+        raise ConfigError(
+            f"task '{task.name}' has no dev split to choose among learning rates {', '.join(f'{lr:g}' for lr in lrs)}; "
+            "give one with optim.lr=..."
+        )
+    runs = [benchmark(upstream, task, rows, replace(cfg, lr=lr), run_dir / f"lr{lr:g}", **options) for lr in lrs]
     metric, sign = runs[0]["metric"], 1 if runs[0]["higher_is_better"] else -1
-    chosen = max(runs, key=lambda r: sign * r["dev"][metric])  # max keeps the first of ties
+    chosen = max(runs, key=lambda r: sign * r["dev"].get(metric, 0.0))  # max keeps the first of ties
     grid = {
         "metric": metric,
         "chosen_lr": chosen["lr"],
-        "runs": [{"lr": r["lr"], "dev": r["dev"][metric], "test": r["test"][metric]} for r in runs],
+        "runs": [{"lr": r["lr"], "dev": r["dev"].get(metric), "test": r["test"][metric]} for r in runs],
     }
     atomic_write(run_dir / "grid.json", lambda tmp: Path(tmp).write_text(json.dumps(grid, indent=2)))
     return {**chosen, "grid": grid}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from downstream.heads import UtteranceClassifier
-from downstream.task import Task, register_task
+from downstream.task import Metric, Task, register_task
 from speechssl.bootstrap import Ratio
 
 
@@ -20,7 +20,7 @@ class UtteranceClassification(Task):
     """One or more categorical label columns, one softmax output each; accuracy needs every slot right."""
 
     metric = "accuracy"
-    higher_is_better = True
+    metrics = {"accuracy": Metric("accuracy", higher_is_better=True)}
     ratios = {"accuracy": Ratio("correct")}  # the mean of 0/1 flags
 
     def fit(self, rows: list[dict]) -> None:
@@ -76,6 +76,7 @@ class KeywordSpotting(UtteranceClassification):
     """
 
     name = "ks"
+    order = 1
     columns = ("label",)
 
     def sample_weights(self, rows: list[dict]) -> list[float]:
@@ -88,6 +89,7 @@ class SpeakerIdentification(UtteranceClassification):
     """SUPERB SID: which training speaker said it (closed set, VoxCeleb1 style)."""
 
     name = "sid"
+    order = 3
     columns = ("speaker",)
 
 
@@ -96,6 +98,7 @@ class EmotionRecognition(UtteranceClassification):
     """SUPERB ER: neutral, happy, sad, angry (IEMOCAP's four classes)."""
 
     name = "er"
+    order = 4
     columns = ("emotion",)
 
 
@@ -104,4 +107,5 @@ class IntentClassification(UtteranceClassification):
     """SUPERB IC: Fluent Speech Commands' action, object and location, all three right to count."""
 
     name = "ic"
+    order = 2
     columns = ("action", "object", "location")

@@ -9,20 +9,22 @@ corpus counts, so ``sum(errors) / sum(length)`` is the corpus error rate exactly
 
 from __future__ import annotations
 
+from collections import Counter
+
 import jiwer
 import torch
 import torch.nn.functional as F
 
 from downstream.heads import CTCHead, ctc_greedy_decode
-from downstream.task import Task, register_task
+from downstream.task import Metric, Task, register_task
 from speechssl.bootstrap import Ratio
+from speechssl.errors import ConfigError
 
 BLANK = "<blank>"
 
 
 class CTCTask(Task):
     metric = ""
-    higher_is_better = False
     lstm_layers = 0
 
     def tokens(self, row: dict) -> list[str]:
@@ -76,8 +78,10 @@ class PhonemeRecognition(CTCTask):
     """SUPERB PR: phone sequence from a linear CTC head; PER."""
 
     name = "pr"
+    order = 0
     columns = ("phones",)
     metric = "per"
+    metrics = {"per": Metric("PER", higher_is_better=False)}
     ratios = {"per": Ratio("phone_errors", "phones")}
 
     def tokens(self, row: dict) -> list[str]:
@@ -98,8 +102,10 @@ class SpeechRecognition(CTCTask):
     """SUPERB ASR: characters from a 2-layer BiLSTM CTC head, greedy decoding; WER (and CER)."""
 
     name = "asr"
+    order = 5
     columns = ("text",)
     metric = "wer"
+    metrics = {"wer": Metric("WER", higher_is_better=False), "cer": Metric("CER", higher_is_better=False)}
     ratios = {"wer": Ratio("word_errors", "words"), "cer": Ratio("char_errors", "chars")}
     lstm_layers = 2
     SPACE = "|"
@@ -129,3 +135,121 @@ def edit_counts(alignment) -> list[tuple[int, int]]:
                      for c in chunks if c.type != "equal")
         counts.append((errors, len(reference)))
     return counts
+
+
+@register_task
+class SlotFilling(CTCTask):
+    """SUPERB SF: the transcription with its slots, as characters and slot tokens from a BiLSTM CTC head.
+
+    The target (as SUPERB's SNIPS recipe) is the text with every slot value wrapped in a
+    token of its type and a closing token: ``play some reggae music`` with tags ``O O B-genre
+    O`` is ``p l a y | s o m e | <genre> r e g g a e </> | m u s i c``. A hypothesis is
+    parsed back into ``(type, value)`` slots: a type token opens a slot, whose value runs to
+    the closing token, the next type token or the end.
+
+    - **slot-type F1**: per utterance, the multiset of predicted slot types against the
+      reference's; ``2 * matched / (predicted + reference)`` over the corpus;
+    - **slot-value CER**: each reference slot is matched with the first unmatched
+      predicted slot of its type (an empty value if none); character edit errors of the
+      values over their reference length.
+    """
+
+    name = "sf"
+    order = 7
+    columns = ("text", "tags")
+    metric = "f1"
+    metrics = {"f1": Metric("slot-type F1", higher_is_better=True), "cer": Metric("slot-value CER", higher_is_better=False)}
+    ratios = {"f1": Ratio("matched_twice", "slots"), "cer": Ratio("value_char_errors", "value_chars")}
+    lstm_layers = 2
+    SPACE = "|"
+    CLOSE = "</>"
+
+    def fit(self, rows: list[dict]) -> None:
+        super().fit(rows)
+        self.types = sorted({t for r in rows for t, _ in self.slots_of(r)})
+
+    def state(self) -> dict:
+        return {"vocab": self.vocab, "slot_types": self.types}
+
+    def slots_of(self, row: dict) -> list[tuple[str, str]]:
+        """``(type, value)`` of each slot of a row, from its BIO tags."""
+        return parse_slots(self.tokens(row), self.CLOSE, self.SPACE)
+
+    def tokens(self, row: dict) -> list[str]:
+        words, tags = row["text"].lower().split(), row["tags"].split()
+        if len(words) != len(tags):
+            raise ConfigError(f"task 'sf': {row['id']} has {len(words)} words but {len(tags)} tags")
+        tokens, open_slot = [], None
+        for i, (word, tag) in enumerate(zip(words, tags)):
+            continues = tag.startswith("I-") and open_slot == tag[2:]
+            if open_slot is not None and not continues:
+                tokens.append(self.CLOSE)
+                open_slot = None
+            if i:
+                tokens.append(self.SPACE)
+            if tag != "O" and not continues:
+                open_slot = tag[2:]
+                tokens.append(f"<{open_slot}>")
+            tokens.extend(word)
+        if open_slot is not None:
+            tokens.append(self.CLOSE)
+        return tokens
+
+    def join(self, tokens: list[str]) -> list[str]:
+        return tokens  # scored as token lists (slots parsed from them), not as strings
+
+    def predict(self, head, x, lengths) -> list:
+        return [[self.vocab[i] for i in ids] for ids in ctc_greedy_decode(head(x, lengths), lengths)]
+
+    def outcomes(self, predictions: list, references: list) -> list[dict[str, int]]:
+        outcomes = []
+        for hypothesis, reference in zip(predictions, references):
+            predicted = parse_slots(hypothesis, self.CLOSE, self.SPACE)
+            expected = parse_slots(reference, self.CLOSE, self.SPACE)
+            matched = sum((Counter(t for t, _ in predicted) & Counter(t for t, _ in expected)).values())
+            errors, chars = 0, 0
+            unused = list(predicted)
+            for kind, value in expected:
+                match = next((p for p in unused if p[0] == kind), None)
+                if match is not None:
+                    unused.remove(match)
+                hyp = match[1] if match is not None else ""
+                errors += character_edits(value, hyp)
+                chars += len(value)
+            outcomes.append({"matched_twice": 2 * matched, "slots": len(predicted) + len(expected),
+                             "value_char_errors": errors, "value_chars": chars})
+        return outcomes
+
+    def score(self, predictions: list, references: list) -> dict[str, float]:
+        outcomes = self.outcomes(predictions, references)
+        return {m: ratio(outcomes) for m, ratio in self.ratios.items()}
+
+    def chance(self, train_rows: list[dict], test_rows: list[dict]) -> float:
+        """No slot predicted: F1 0."""
+        return 0.0
+
+
+def parse_slots(tokens: list[str], close: str, space: str) -> list[tuple[str, str]]:
+    """``(type, value)`` slots of a token sequence: ``<type>`` opens one, ``close``, another type or the end ends it."""
+    slots, kind, value = [], None, []
+    for token in [*tokens, close]:
+        is_type = len(token) > 2 and token.startswith("<") and token.endswith(">") and token != close
+        if (is_type or token == close) and kind is not None:
+            slots.append((kind, "".join(value).replace(space, " ").strip()))
+            kind, value = None, []
+        if is_type:
+            kind = token[1:-1]
+        elif kind is not None and token != close:
+            value.append(token)
+    return slots
+
+
+def character_edits(reference: str, hypothesis: str) -> int:
+    """Levenshtein distance between two strings, by characters."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
+        current = [i]
+        for j, h in enumerate(hypothesis, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1]

@@ -42,12 +42,6 @@ TSV_COLUMNS = ["upstream", "ckpt", "layer", "trainable", "init", "init_seed", "c
                "test_low", "test_high", "lr", "chosen", "run_dir"]
 
 # The order of SUPERB's tables (Yang et al., 2021, Table 1); other tasks follow by name.
-TASK_ORDER = ["pr", "ks", "ic", "sid", "er", "asr"]
-# Metrics stored as fractions in [0, 1] and shown as percentages.
-PERCENT_METRICS = {"accuracy", "per", "wer", "cer", "eer", "f1"}
-METRIC_NAMES = {"accuracy": "accuracy", "per": "PER", "wer": "WER", "cer": "CER", "eer": "EER", "f1": "F1"}
-
-
 @dataclass(frozen=True)
 class BenchmarkRun:
     """One downstream run, as read from its ``results.json``."""
@@ -73,6 +67,13 @@ class BenchmarkRun:
     ratio: Ratio | None = None  # how the metric is made from the outcomes' columns
     init: str = "pretrained"  # or "random": the same architecture untrained, the control
     init_seed: int | None = None  # the random init's seed
+    metric_label: str = ""  # how the metric is named in a table (``PER``); "" -> the metric's key
+    unit: str = "%"  # "%": a fraction shown as a percentage; "": shown as it is
+    order: int = 1000  # the task's column in SUPERB's table order (the task says it: Task.order)
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric_label or self.metric
 
     @property
     def label(self) -> str:
@@ -163,7 +164,9 @@ class Benchmark:
         return sorted({run.corpus for run in self.runs})
 
     def tasks(self, corpus: str) -> list[str]:
-        return sorted({r.task for r in self.runs if r.corpus == corpus}, key=task_key)
+        """The tasks run on ``corpus``, in the order their runs give (SUPERB's table: ``Task.order``), then by name."""
+        order = {r.task: r.order for r in self.runs if r.corpus == corpus}
+        return sorted(order, key=lambda task: (order[task], task))
 
     def labels(self, corpus: str | None = None) -> list[str]:
         """Row names in :attr:`BenchmarkRun.row_key` order: a control follows its pretrained upstream."""
@@ -217,7 +220,14 @@ def read_run(path: Path) -> BenchmarkRun | None:
     init = _default(field("init", str, optional=True), "pretrained")
     if init not in ("pretrained", "random"):
         raise ConfigError(f"{path}: 'init' should be \"pretrained\" or \"random\", found {init!r}")
+    info = (field("metrics", dict, optional=True) or {}).get(metric) or {}
+    if not isinstance(info, dict) or not isinstance(info.get("label", ""), str) or info.get("unit", "%") not in ("%", ""):
+        raise ConfigError(f"{path}: 'metrics.{metric}' should be {{label, higher_is_better, unit: '%' or ''}}, "
+                          f"found {info!r}")
     return BenchmarkRun(
+        metric_label=info.get("label", ""),
+        unit=info.get("unit", "%"),
+        order=_default(field("order", int, optional=True), 1000),
         run_dir=path.parent,
         upstream=field("upstream", str),
         ckpt=field("ckpt", str, optional=True),
@@ -399,11 +409,6 @@ def _check_tasks_agree(runs: list[BenchmarkRun]) -> None:
                 f"{run.run_dir / RESULTS_FILE} scores task '{run.task}' on '{run.corpus}' as "
                 f"(metric, higher_is_better, chance) = {mine}, but {ref.run_dir / RESULTS_FILE} as {theirs}"
             )
-
-
-def task_key(task: str) -> tuple[int, str]:
-    """Sort key of a task: SUPERB's table order (:data:`TASK_ORDER`), then other tasks by name."""
-    return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
 
 
 def _default(value: Any, default: Any) -> Any:

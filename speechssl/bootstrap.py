@@ -1,6 +1,6 @@
 """Per-utterance outcomes and percentile-bootstrap intervals of the corpus metrics made from them.
 
-An **outcome** is one test utterance's record of integer counts (``{"correct": 1}``,
+An **outcome** is one test utterance's record of counts (``{"correct": 1}``,
 ``{"word_errors": 2, "words": 9}``) from which the corpus metric is recomputed
 exactly. Every metric here is a :class:`Ratio` of summed columns: accuracy is
 ``sum(correct) / utterances``, an error rate ``sum(errors) / sum(reference length)``,
@@ -12,7 +12,8 @@ bootstrap, Koehn, 2004), which separates differences the two intervals alone
 cannot.
 
 A run folder keeps its outcomes as ``test_outcomes.tsv``: an ``id`` column, then
-one integer column per count (:func:`write_outcomes`, :func:`read_outcomes`).
+one column per count (:func:`write_outcomes`, :func:`read_outcomes`): integers, or numbers
+where a task's outcome is one (seconds of speech for DER; a verification trial's score).
 """
 
 from __future__ import annotations
@@ -156,12 +157,22 @@ def read_outcomes(path: str | os.PathLike) -> tuple[list[str], list[Outcome]]:
             try:
                 if len(row) != len(header):
                     raise ValueError(f"{len(row)} fields, expected {len(header)}")
-                outcomes.append({c: int(v) for c, v in zip(header[1:], row[1:])})
+                outcomes.append({c: _number(v) for c, v in zip(header[1:], row[1:])})
             except ValueError as e:
-                raise ConfigError(f"{path}:{number}: not a line of integer outcomes ({e})") from None
+                raise ConfigError(f"{path}:{number}: not a line of numeric outcomes ({e})") from None
             ids.append(row[0])
     return ids, outcomes
 
 
+def _number(text: str) -> int | float:
+    """An outcome field: an integer count, or a number (a trial's score, seconds of speech) written by ``repr``."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _column(outcomes: Sequence[Outcome], name: str) -> np.ndarray:
-    return np.fromiter((o[name] for o in outcomes), dtype=np.int64, count=len(outcomes))
+    values = [o[name] for o in outcomes]
+    dtype = np.int64 if all(isinstance(v, int) for v in values) else np.float64
+    return np.fromiter(values, dtype=dtype, count=len(values))

@@ -176,17 +176,35 @@ def run_pretrain(cfg) -> int:
     return 0
 
 
-def task_rows_from_config(cfg, task: str) -> dict[str, list[dict]]:
-    """``{split: manifest rows}`` of ``task`` in the corpus ``cfg.data`` names."""
+def task_from_config(cfg):
+    """The :class:`downstream.task.Task` ``cfg.task`` names, its options set from the rest of the node."""
+    from omegaconf import OmegaConf
+
+    from downstream.task import get_task
+
+    options = OmegaConf.to_container(cfg.task, resolve=True)
+    return get_task(options.pop("name"), **options)
+
+
+def task_rows_from_config(cfg, task) -> dict[str, list[dict]]:
+    """``{split: manifest rows}`` of ``task`` (its declared splits) in the corpus ``cfg.data`` names."""
     from omegaconf import OmegaConf
 
     from speechssl.data.corpora import corpus_manifest
 
     options = OmegaConf.to_container(cfg.data.options, resolve=True) if "options" in cfg.data else {}
-    return {
-        split: corpus_manifest(cfg.data.name, cfg.data.root, task, split, **(options or {}))
-        for split in ("train", "dev", "test")
-    }
+    return {split: corpus_manifest(cfg.data.name, cfg.data.root, task.name, split, **(options or {}))
+            for split in task.splits}
+
+
+def task_resources_from_config(cfg, task) -> dict:
+    """The corpus resources ``task`` declares (a trial list, query occurrences), read from ``cfg.data``'s corpus."""
+    from omegaconf import OmegaConf
+
+    from speechssl.data.corpora import corpus_resource
+
+    options = OmegaConf.to_container(cfg.data.options, resolve=True) if "options" in cfg.data else {}
+    return {name: corpus_resource(cfg.data.name, cfg.data.root, name, **(options or {})) for name in task.resources}
 
 
 def run_benchmark(cfg) -> int:
@@ -207,16 +225,18 @@ def run_benchmark(cfg) -> int:
         raise ConfigError(f"threads={cfg.threads}; expected at least 1, or null for torch's default")
     init, init_seed = init_from_config(cfg)
     check_device(cfg.device)  # before the upstream runs over the corpus to fill the cache
+    task = task_from_config(cfg)
+    rows, resources = task_rows_from_config(cfg, task), task_resources_from_config(cfg, task)
     results = benchmark_grid(
         upstream_from_config(cfg),
-        cfg.task.name,
-        task_rows_from_config(cfg, cfg.task.name),
+        task,
+        rows,
         trainer_cfg,
         lrs,
         HydraConfig.get().runtime.output_dir,
+        resources=resources,
         normalize=bool(cfg.normalize),
         threads=cfg.threads,
-        metric=cfg.task.get("metric"),
         corpus=cfg.data.name,
         cache_dir=cfg.cache.dir,
         cache_dtype=getattr(torch, cfg.cache.dtype),
@@ -229,12 +249,16 @@ def run_benchmark(cfg) -> int:
         info={"ckpt": cfg.upstream.ckpt, "data_root": str(Path(cfg.data.root).resolve())},
     )
     metric = results["metric"]
-    tried = ", ".join(f"{r['lr']:g}: {r['dev']:.4f}" for r in results["grid"]["runs"])
-    print(
-        f"{results['upstream']} {results['task']}: test {metric} {results['test'][metric]:.4f} "
-        f"(dev {results['dev'][metric]:.4f}, chance {results['chance']:.4f}; lr {results['lr']:g} chosen on dev "
-        f"from {tried})"
-    )
+    line = f"{results['upstream']} {results['task']}: test {metric} {results['test'][metric]:.4f} ("
+    if metric in results["dev"]:
+        line += f"dev {results['dev'][metric]:.4f}, "
+    line += f"chance {results['chance']:.4f}"
+    if "grid" in results and metric in results["dev"]:
+        tried = ", ".join(f"{r['lr']:g}: {r['dev']:.4f}" for r in results["grid"]["runs"])
+        line += f"; lr {results['lr']:g} chosen on dev from {tried}"
+    elif results.get("lr") is not None:
+        line += f"; lr {results['lr']:g}, the last checkpoint (no dev split)"
+    print(line + ")")
     return 0
 
 
@@ -364,12 +388,15 @@ def _register_schemas() -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from downstream.task import list_tasks, task_class
     from speechssl.data.dataset import CropConfig
     from speechssl.registry import get_entry, list_upstreams
     from speechssl.trainer import TrainerConfig
 
     store = ConfigStore.instance()
     store.store(group="trainer_schema", name="trainer", node=TrainerConfig)
+    for name in list_tasks():
+        store.store(group="task_schema", name=name, node=task_class(name).Config(name=name))
     store.store(group="data_schema", name="crop", node=CropConfig)
     for name in list_upstreams():
         entry = get_entry(name)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechssl.data.audio import SAMPLE_RATE
 from speechssl.errors import AudioError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,11 @@ class Upstream(nn.Module):
     @property
     def hidden_sizes(self) -> list[int]:
         raise NotImplementedError
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second of the hidden states (16 kHz input)."""
+        return SAMPLE_RATE / self.downsample_rate
 
     @property
     def extra_sizes(self) -> dict[str, int]:

@@ -36,8 +36,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from speechssl.benchmark_runs import (
-    METRIC_NAMES,
-    PERCENT_METRICS,
     TSV_COLUMNS,
     Benchmark,
     BenchmarkRun,
@@ -45,7 +43,6 @@ from speechssl.benchmark_runs import (
     compare,
     load_benchmark,
     read_curves,
-    task_key,
 )
 from speechssl.checkpoint import atomic_write
 
@@ -54,43 +51,43 @@ log = logging.getLogger(__name__)
 # -- Markdown ----------------------------------------------------------------------------
 
 
-def format_score(value: float | None, metric: str) -> str:
-    """``0.4812`` -> ``48.12%`` for accuracy, PER, WER...; other metrics to 4 significant digits."""
+def format_score(value: float | None, unit: str) -> str:
+    """``0.4812`` -> ``48.12%`` for a percent metric (``unit="%"``); others to 4 significant digits."""
     if value is None:
         return "–"
     if math.isnan(value):
         return "nan"
-    return f"{100 * value:.2f}%" if metric in PERCENT_METRICS else f"{value:.4g}"
+    return f"{100 * value:.2f}%" if unit == "%" else f"{value:.4g}"
 
 
-def format_interval(interval: tuple[float, float] | None, metric: str) -> str:
+def format_interval(interval: tuple[float, float] | None, unit: str) -> str:
     """``(0.557, 0.591)`` -> ``[55.70–59.10]`` (percentage points for a percent metric); None -> ``""``."""
     if interval is None:
         return ""
-    if metric in PERCENT_METRICS:
+    if unit == "%":
         return f"[{100 * interval[0]:.2f}–{100 * interval[1]:.2f}]"
     return f"[{interval[0]:.4g}–{interval[1]:.4g}]"
 
 
-def format_cell(row: Row, metric: str) -> str:
+def format_cell(row: Row, unit: str) -> str:
     """``58.00% [55.70–59.10]``; several init seeds: ``58.00% ± 1.20 [55.70–59.10] (3 seeds)``."""
-    parts = [format_score(row.score, metric)]
+    parts = [format_score(row.score, unit)]
     if row.spread is not None:
-        parts.append(f"± {100 * row.spread:.2f}" if metric in PERCENT_METRICS else f"± {row.spread:.4g}")
-    parts.append(format_interval(row.interval, metric))
+        parts.append(f"± {100 * row.spread:.2f}" if unit == "%" else f"± {row.spread:.4g}")
+    parts.append(format_interval(row.interval, unit))
     if len(row.runs) > 1:
         parts.append(f"({len(row.runs)} seeds)")
     return " ".join(p for p in parts if p)
 
 
-def _format_delta(value: float, metric: str) -> str:
-    return f"{100 * value:+.2f}" if metric in PERCENT_METRICS else f"{value:+.4g}"
+def _format_delta(value: float, unit: str) -> str:
+    return f"{100 * value:+.2f}" if unit == "%" else f"{value:+.4g}"
 
 
 def column_header(run: BenchmarkRun) -> str:
     """``KS accuracy ↑``: the task, its metric and which way is better."""
     arrow = "↑" if run.higher_is_better else "↓"
-    return f"{run.task.upper()} {METRIC_NAMES.get(run.metric, run.metric)} {arrow}"
+    return f"{run.task.upper()} {run.metric_name} {arrow}"
 
 
 def results_tables(bench: Benchmark) -> str:
@@ -106,10 +103,10 @@ def results_tables(bench: Benchmark) -> str:
             row = [label]
             for task, info in zip(tasks, infos):
                 cells = compared[task]
-                cell = format_cell(cells[label], info.metric) if label in cells else "–"
+                cell = format_cell(cells[label], info.unit) if label in cells else "–"
                 row.append(f"**{cell}**" if label in best[task] else cell)
             rows.append(row)
-        rows.append(["*chance*", *(f"*{format_score(i.chance, i.metric)}*" for i in infos)])
+        rows.append(["*chance*", *(f"*{format_score(i.chance, i.unit)}*" for i in infos)])
         parts.append(f"### {corpus}\n\n{_markdown_table(rows, right=range(1, len(rows[0])))}")
     footnote = (
         "Each cell: the **test** score of the run with the best **dev** score among the learning rates tried "
@@ -134,9 +131,9 @@ def difference_tables(bench: Benchmark) -> str:
             info = bench.task_info(corpus, task)
             for d in compare(bench, corpus, task)[1]:
                 interval = "–" if d.interval is None else (
-                    f"[{_format_delta(d.interval[0], info.metric)}, {_format_delta(d.interval[1], info.metric)}]")
+                    f"[{_format_delta(d.interval[0], info.unit)}, {_format_delta(d.interval[1], info.unit)}]")
                 how = "paired" if d.interval is not None else "intervals"
-                rows.append([column_header(info), d.better, d.worse, _format_delta(d.delta, info.metric), interval,
+                rows.append([column_header(info), d.better, d.worse, _format_delta(d.delta, info.unit), interval,
                              f"{'✓' if d.separated else 'no'} ({how})"])
         if len(rows) > 1:
             parts.append(f"### {corpus}\n\n{_markdown_table(rows, right={3, 4})}")
@@ -159,16 +156,16 @@ def sweep_tables(bench: Benchmark) -> str:
         if len(sweep.runs) < 2:
             continue
         info = sweep.chosen
-        metric = METRIC_NAMES.get(info.metric, info.metric)
+        metric = info.metric_name
         seeds = len(sweep.chosen_runs) > 1  # a control of several init seeds: its lr is chosen per seed
         rows = [[*(["init seed"] if seeds else []), "lr", f"dev {metric}", f"test {metric}", "steps", "run", "chosen"]]
         for run in sweep.runs:
-            test = " ".join(filter(None, [format_score(run.test, run.metric),
-                                          format_interval(run.test_interval, run.metric)]))
+            test = " ".join(filter(None, [format_score(run.test, run.unit),
+                                          format_interval(run.test_interval, run.unit)]))
             rows.append([
                 *([str(run.init_seed)] if seeds else []),
                 "–" if run.lr is None else f"{run.lr:g}",
-                format_score(run.dev, run.metric),
+                format_score(run.dev, run.unit),
                 test,
                 "–" if run.step is None else str(run.step),
                 f"`{_relative(run.run_dir, bench.runs_dir)}`",
@@ -232,7 +229,7 @@ def plot_curves(bench: Benchmark, corpus: str, task: str, path: Path) -> bool:
     Returns ``False`` (and writes nothing) when no chosen run logged any metrics.
     """
     info = bench.task_info(corpus, task)
-    percent = info.metric in PERCENT_METRICS
+    percent = info.unit == "%"
     lines = []
     for label in bench.labels(corpus):
         sweep = bench.sweeps.get((label, corpus, task))
@@ -251,7 +248,7 @@ def plot_curves(bench: Benchmark, corpus: str, task: str, path: Path) -> bool:
         if devs:
             dev_ax.plot([s for s, _ in devs], [100 * v if percent else v for _, v in devs], color=color, marker="o",
                         label=label)
-    metric = METRIC_NAMES.get(info.metric, info.metric)
+    metric = info.metric_name
     loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
     dev_ax.set(title=f"dev {metric} {'↑' if info.higher_is_better else '↓'}", xlabel="step",
                ylabel=f"{metric} (%)" if percent else metric)
@@ -356,7 +353,7 @@ def _best_labels(rows: dict[str, Row]) -> set[str]:
 
 def _sweep_key(key: tuple[str, str, str]) -> tuple:
     label, corpus, task = key
-    return (label, corpus, task_key(task))
+    return (label, corpus, task)
 
 
 def _relative(path: Path, root: Path) -> str:

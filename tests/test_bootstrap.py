@@ -109,8 +109,11 @@ def test_outcomes_file_round_trip_and_errors(tmp_path):
     assert (tmp_path / "o.tsv").read_text().splitlines()[0] == "id\terrors\tlength"
     assert read_outcomes(tmp_path / "o.tsv") == (["u1", "u2", "u3", "u4"], outcomes)
     (tmp_path / "bad.tsv").write_text("id\terrors\tlength\nu1\t2\t5\nu2\ttwo\t5\n")
-    with pytest.raises(ConfigError, match=r"bad.tsv:3: not a line of integer outcomes"):
+    with pytest.raises(ConfigError, match=r"bad.tsv:3: not a line of numeric outcomes"):
         read_outcomes(tmp_path / "bad.tsv")
+    trials = [{"label": 1, "score": 0.1 + 0.2}, {"label": 0, "score": -1e-17}]  # scores: floats, bit for bit
+    write_outcomes(tmp_path / "t.tsv", ["a|b", "a|c"], trials)
+    assert read_outcomes(tmp_path / "t.tsv") == (["a|b", "a|c"], trials)
     (tmp_path / "bad.tsv").write_text("utt\terrors\n")
     with pytest.raises(ConfigError, match=r"bad.tsv: not an outcomes table"):
         read_outcomes(tmp_path / "bad.tsv")

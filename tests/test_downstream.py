@@ -1,6 +1,7 @@
 """The SUPERB protocol: every task trains on SUPERB-lite tiny; metrics; the feature cache; errors."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from downstream.benchmark import benchmark
 from downstream.heads import ctc_greedy_decode, mean_pool
 from downstream.task import get_task, list_tasks
 from speechssl.bootstrap import read_outcomes
-from speechssl.data.corpora import corpus_manifest
+from speechssl.data.corpora import corpus_manifest, corpus_resource
 from speechssl.errors import ConfigError
 from speechssl.feature_cache import FeatureCache, upstream_fingerprint
 from speechssl.registry import get_entry
@@ -28,7 +29,11 @@ FEW_STEPS = TrainerConfig(max_steps=6, warmup_steps=2, lr=1e-3, batch_seconds=20
 
 
 def rows(root, task):
-    return {s: corpus_manifest("superb_lite", root, task, s) for s in ("train", "dev", "test")}
+    return {s: corpus_manifest("superb_lite", root, task, s) for s in get_task(task).splits}
+
+
+def resources(root, task):
+    return {name: corpus_resource("superb_lite", root, name) for name in get_task(task).resources}
 
 
 class CountingUpstream:
@@ -48,26 +53,32 @@ class CountingUpstream:
 @pytest.mark.parametrize("task", list_tasks())
 def test_every_task_trains_and_reports(task, superb_lite_tiny, tmp_path):
     upstream = speechssl.load_upstream("fbank")
-    data = rows(superb_lite_tiny, task)
-    results = benchmark(
-        upstream, task, data, FEW_STEPS, tmp_path / "run", corpus="superb_lite", cache_dir=tmp_path / "cache"
-    )
+    data, needs = rows(superb_lite_tiny, task), resources(superb_lite_tiny, task)
+    results = benchmark(upstream, task, data, FEW_STEPS, tmp_path / "run", corpus="superb_lite",
+                        cache_dir=tmp_path / "cache", resources=needs)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert saved == results and saved["kind"] == "benchmark" and saved["step"] == 6
-    metric = get_task(task).metric
-    assert 0.0 <= results["test"][metric] and 0.0 <= results["chance"] <= 1.0
+    spec = get_task(task)
+    assert saved == results and saved["kind"] == "benchmark" and saved["step"] == (6 if spec.trains_head else 0)
+    metric = spec.metric
+    assert results["metrics"] == {m: info.as_json() for m, info in spec.metrics.items()}
+    assert set(results["test"]) == set(spec.metrics) and results["order"] == spec.order
+    assert math.isfinite(results["test"][metric]) and results["chance"] is not None
     assert (results["init"], results["init_seed"]) == ("pretrained", None)
-    # every test utterance's outcome: the corpus metrics again, exactly, and intervals around them
+    # every scored test item's outcome (an utterance, a trial, a query): the corpus metrics again, exactly,
+    # and intervals around them
     ids, outcomes = read_outcomes(tmp_path / "run" / results["test_outcomes"])
-    assert ids == [r["id"] for r in data["test"]]
+    assert ids == spec.outcome_ids(data["test"]) if task != "qbe" else len(ids) == len(outcomes) > 0
     assert set(results["test_interval"]) == set(results["test"])
+    spec.prepare(frame_rate=upstream.frame_rate, resources=needs)
     for name, value in results["test"].items():
-        assert get_task(task).metric_from_outcomes(outcomes, name) == value
+        assert spec.metric_from_outcomes(outcomes, name) == pytest.approx(value, abs=1e-12)
         low, high = results["test_interval"][name]
-        assert low <= value <= high
+        assert low - 1e-9 <= value <= high + 1e-9
+    if not spec.trains_head:
+        return
     assert results["layer_weights"] == [1.0]  # fbank: one hidden state
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert any(f"dev_{metric}" in line for line in lines)
+    assert any(f"dev_{metric}" in line for line in lines) == ("dev" in spec.splits)
 
 
 def test_cache_means_no_upstream_call_after_the_first_pass(superb_lite_tiny, tmp_path):
@@ -216,15 +227,19 @@ def test_mean_pool_ignores_padding():
 
 
 def test_task_without_labels_in_corpus(superb_lite_tiny, tmp_path):
-    with pytest.raises(ConfigError, match="corpus 'superb_lite' has no labels for task 'ks'"):
+    (tmp_path / "pr").mkdir()
+    shutil.copy(superb_lite_tiny / "pr" / "train.tsv", tmp_path / "pr" / "train.tsv")
+    with pytest.raises(ConfigError, match="corpus 'superb_lite' has no labels for task 'ks'; it provides: pr"):
         corpus_manifest("superb_lite", tmp_path, "ks", "train")
+    with pytest.raises(ConfigError, match="pr/dev.tsv: no such manifest .corpus 'superb_lite', task 'pr' has: train"):
+        corpus_manifest("superb_lite", tmp_path, "pr", "dev")
     ks_rows = rows(superb_lite_tiny, "ks")
     with pytest.raises(ConfigError, match=r"task 'er' needs label column\(s\) emotion"):
         benchmark(speechssl.load_upstream("fbank"), "er", ks_rows, FEW_STEPS, tmp_path / "r",
                   corpus="superb_lite", cache_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match="unknown task 'kws'; known: asr, er, ic, ks, pr, sid"):
         get_task("kws")
-    assert list_tasks() == ["asr", "er", "ic", "ks", "pr", "sid"]
+    assert set(list_tasks()) >= {"asr", "er", "ic", "ks", "pr", "sid"}
 
 
 def test_cli_grid_chooses_the_rate_on_dev_and_reports(superb_lite_tiny, tmp_path):
@@ -294,12 +309,14 @@ def test_normalising_featurizer_uses_training_set_statistics(superb_lite_tiny, t
 
 
 def test_asr_can_select_and_report_cer(superb_lite_tiny, tmp_path):
-    results = benchmark(speechssl.load_upstream("fbank"), "asr", rows(superb_lite_tiny, "asr"), FEW_STEPS,
-                        tmp_path / "run", corpus="superb_lite", cache_dir=tmp_path / "cache", metric="cer")
+    results = benchmark(speechssl.load_upstream("fbank"), get_task("asr", metric="cer"), rows(superb_lite_tiny, "asr"),
+                        FEW_STEPS, tmp_path / "run", corpus="superb_lite", cache_dir=tmp_path / "cache")
     assert results["metric"] == "cer" and "wer" in results["test"] and "cer" in results["test_interval"]
+    assert results["metrics"]["cer"] == {"label": "CER", "higher_is_better": False, "unit": "%"}
     with pytest.raises(ConfigError, match="task 'asr' has no metric 'bleu'; it has wer, cer"):
-        benchmark(speechssl.load_upstream("fbank"), "asr", rows(superb_lite_tiny, "asr"), FEW_STEPS,
-                  tmp_path / "run2", corpus="superb_lite", cache_dir=tmp_path / "cache", metric="bleu")
+        get_task("asr", metric="bleu")
+    with pytest.raises(ConfigError, match="task 'asr': unknown option.s. metrc; known: metric"):
+        get_task("asr", metrc="cer")
 
 
 def test_cli_random_init_control(superb_lite_tiny, tmp_path):

@@ -22,21 +22,22 @@ from speechssl.report import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TASKS = {  # task -> (metric, higher_is_better, chance)
-    "ks": ("accuracy", True, 1 / 12),
-    "pr": ("per", False, 0.95),
-    "asr": ("wer", False, 1.0),
+TASKS = {  # task -> (metric, higher_is_better, chance, label, column order), as the tasks write them
+    "ks": ("accuracy", True, 1 / 12, "accuracy", 1),
+    "pr": ("per", False, 0.95, "PER", 0),
+    "asr": ("wer", False, 1.0, "WER", 5),
 }
 APC_CKPT = "runs/apc/last"
 
 
 def write_run(folder, upstream, task, lr, dev, test, ckpt=None, layers=3, curves=True, **extra):
-    metric, higher, chance = TASKS[task]
+    metric, higher, chance, label, order = TASKS[task]
     folder.mkdir(parents=True)
     weights = [i + 1.0 for i in range(layers)]
     results = {
         "kind": "benchmark", "upstream": upstream, "ckpt": ckpt, "task": task, "corpus": "superb_lite",
-        "metric": metric, "higher_is_better": higher, "chance": chance, "lr": lr,
+        "metric": metric, "higher_is_better": higher, "chance": chance, "lr": lr, "order": order,
+        "metrics": {metric: {"label": label, "higher_is_better": higher, "unit": "%"}},
         "dev": {metric: dev, "loss": 1.0}, "test": {metric: test},
         "layer_weights": [w / sum(weights) for w in weights], "step": 300, **extra,
     }
@@ -177,11 +178,11 @@ def test_read_curves_skips_a_torn_line(tmp_path, caplog):
 
 
 def test_format_score():
-    assert format_score(0.4812, "accuracy") == "48.12%"
-    assert format_score(0.0541, "per") == "5.41%"
-    assert format_score(12.3456, "mse") == "12.35"
-    assert format_score(None, "wer") == "–"
-    assert format_score(float("nan"), "wer") == "nan"
+    assert format_score(0.4812, "%") == "48.12%"
+    assert format_score(0.0541, "%") == "5.41%"
+    assert format_score(12.3456, "") == "12.35"
+    assert format_score(None, "%") == "–"
+    assert format_score(float("nan"), "%") == "nan"
 
 
 def test_errors(tmp_path):
@@ -336,6 +337,22 @@ def test_a_missing_outcomes_file_falls_back_to_the_intervals(tmp_path, caplog):
 
 
 def test_format_interval():
-    assert format_interval((0.557, 0.591), "accuracy") == "[55.70–59.10]"
-    assert format_interval((1.5, 2.25), "mse") == "[1.5–2.25]"
-    assert format_interval(None, "wer") == ""
+    assert format_interval((0.557, 0.591), "%") == "[55.70–59.10]"
+    assert format_interval((1.5, 2.25), "") == "[1.5–2.25]"
+    assert format_interval(None, "%") == ""
+
+
+def test_the_report_takes_a_task_metric_description_from_results(tmp_path):
+    """No task list in the report: a task it has never heard of shows with its own label, unit, direction and column."""
+    root = tmp_path / "runs"
+    write_run(root / "ks", "fbank", "ks", 1e-3, dev=0.40, test=0.41, layers=1)
+    write_run(root / "toy", "fbank", "ks", 1e-3, dev=0.40, test=0.41, layers=1, curves=False)
+    toy = json.loads((root / "toy" / "results.json").read_text())
+    toy.update(task="toy", metric="mse", higher_is_better=False, order=0, chance=None, dev={"mse": 2.5},
+               test={"mse": 3.25}, metrics={"mse": {"label": "MSE", "higher_is_better": False, "unit": ""}})
+    (root / "toy" / "results.json").write_text(json.dumps(toy))
+    lines = results_tables(load_benchmark(root)).splitlines()
+    header = next(line for line in lines if line.startswith("| upstream"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["upstream", "TOY MSE ↓", "KS accuracy ↑"]  # order 0 first
+    cells = next(line for line in lines if line.startswith("| fbank"))
+    assert "3.25" in cells and "3.25%" not in cells and "41.00%" in cells

@@ -24,28 +24,32 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from speechssl.data.corpora import (
     fluent_commands,
     iemocap,
+    libri2mix,
     librispeech,
     speech_commands,
     voxceleb1,
 )
-from speechssl.data.corpora.base import SPLITS, check_split, require
+from speechssl.data.corpora.base import require
 from speechssl.data.manifest import read_manifest
 from speechssl.errors import ConfigError
 
-__all__ = ["CORPORA", "Corpus", "corpus_manifest", "corpus_tasks"]
+__all__ = ["CORPORA", "Corpus", "corpus_manifest", "corpus_resource", "corpus_tasks"]
 
 
 @dataclass(frozen=True)
 class Corpus:
-    """A corpus: the tasks it has labels for and the function that reads its rows."""
+    """A corpus: the tasks it has labels for, the function that reads its rows, and the
+    one that reads its other resources (``resource(root, name, **options)``: trial lists, occurrences)."""
 
     name: str
     tasks: tuple[str, ...]
     manifest: Callable[..., list[dict]]
+    resource: Callable[..., Any] | None = None
 
     def options(self) -> list[str]:
         """The keyword options :attr:`manifest` accepts."""
@@ -53,29 +57,68 @@ class Corpus:
         return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-SUPERB_LITE_TASKS = ("asr", "pr", "ks", "sid", "ic", "er", "sd", "sf")
+SUPERB_LITE_TASKS = ("asr", "pr", "ks", "sid", "asv", "ic", "er", "sd", "sf", "qbe")
+SUPERB_LITE_RESOURCES = ("asv_trials", "qbe_occurrences")
+FILE_COLUMNS = ("rttm",)  # columns that name a file: made absolute as ``path`` is
 
 
 def superb_lite_manifest(root: Path, task: str, split: str) -> list[dict]:
-    """``root/<task>/<split>.tsv`` of the synthetic corpus (``speechssl synth``)."""
-    check_split("superb_lite", split)
+    """``root/<task>/<split>.tsv`` of the synthetic corpus (``speechssl synth``); a task's own
+    splits (QbE's ``dev_queries``) are files beside the others."""
     require(root, "SUPERB-lite corpus, made by `speechssl synth`")
-    rows = read_manifest(root / task / f"{split}.tsv")
+    path = root / task / f"{split}.tsv"
+    if not path.is_file():
+        known = sorted(p.stem for p in (root / task).glob("*.tsv") if not p.stem.startswith("_"))
+        raise ConfigError(f"{path}: no such manifest (corpus 'superb_lite', task '{task}' has: {', '.join(known)})")
+    rows = read_manifest(path)
     for row in rows:
         row.setdefault("speaker", "")
+        for column in FILE_COLUMNS:
+            if row.get(column):
+                row[column] = str((path.parent / row[column]).resolve())
+    return rows
+
+
+def superb_lite_resource(root: Path, name: str) -> Any:
+    """SUPERB-lite's ``asv_trials`` (``[(label, enroll id, test id), ...]``) or ``qbe_occurrences``
+    (``{"dev": [{query, doc, term, start, end}, ...], "test": [...]}``, times in samples)."""
+    if name not in SUPERB_LITE_RESOURCES:
+        raise ConfigError(f"corpus 'superb_lite' has no resource '{name}'; it has {', '.join(SUPERB_LITE_RESOURCES)}")
+    what = f"SUPERB-lite {name}, made by `speechssl synth`"
+    if name == "asv_trials":
+        return [(int(r["label"]), r["enroll"], r["test"]) for r in read_table(root / "asv" / "trials.tsv", what)]
+    return {split: [{**r, "start": int(r["start"]), "end": int(r["end"])}
+                    for r in read_table(root / "qbe" / f"{split}_occurrences.tsv", what)] for split in ("dev", "test")}
+
+
+def read_table(path: Path, what: str) -> list[dict]:
+    """A TSV with a header line as dicts; a missing file or a ragged line is a ConfigError naming it."""
+    require(path, what)
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    if not lines:
+        raise ConfigError(f"{path}: empty ({what}; expected a header line)")
+    header = lines[0].split("\t")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        values = line.split("\t")
+        if len(values) != len(header):
+            raise ConfigError(f"{path}:{number}: {len(values)} fields, expected {len(header)} ({', '.join(header)})")
+        rows.append(dict(zip(header, values)))
     return rows
 
 
 def superb_lite_tasks(root: Path) -> list[str]:
-    """The sub-folders of a SUPERB-lite root that hold a train, dev and test manifest."""
-    return sorted(d.name for d in Path(root).iterdir() if all((d / f"{s}.tsv").is_file() for s in SPLITS))
+    """The sub-folders of a SUPERB-lite root that hold a task's manifests."""
+    return sorted(d.name for d in Path(root).iterdir() if d.is_dir() and any((d / f"{s}.tsv").is_file()
+                                                                              for s in ("train", "test", "dev_queries")))
 
 
 CORPORA: dict[str, Corpus] = {
-    "superb_lite": Corpus("superb_lite", SUPERB_LITE_TASKS, superb_lite_manifest),
+    "superb_lite": Corpus("superb_lite", SUPERB_LITE_TASKS, superb_lite_manifest, superb_lite_resource),
     librispeech.NAME: Corpus(librispeech.NAME, librispeech.TASKS, librispeech.manifest),
     speech_commands.NAME: Corpus(speech_commands.NAME, speech_commands.TASKS, speech_commands.manifest),
-    voxceleb1.NAME: Corpus(voxceleb1.NAME, voxceleb1.TASKS, voxceleb1.manifest),
+    voxceleb1.NAME: Corpus(voxceleb1.NAME, voxceleb1.TASKS, voxceleb1.manifest, voxceleb1.resource),
+    libri2mix.NAME: Corpus(libri2mix.NAME, libri2mix.TASKS, libri2mix.manifest),
     fluent_commands.NAME: Corpus(fluent_commands.NAME, fluent_commands.TASKS, fluent_commands.manifest),
     iemocap.NAME: Corpus(iemocap.NAME, iemocap.TASKS, iemocap.manifest),
 }
@@ -119,3 +162,14 @@ def corpus_manifest(name: str, root: str | os.PathLike, task: str, split: str, *
         known = ", ".join(corpus.options()) or "none"
         raise ConfigError(f"corpus '{name}': unknown option(s) {', '.join(unknown)}; known: {known}")
     return corpus.manifest(root, task, split, **options)
+
+
+def corpus_resource(name: str, root: str | os.PathLike, resource: str, **options) -> Any:
+    """Resource ``resource`` of corpus ``name`` at ``root`` (a trial list, query occurrences): what a
+    task declares in ``Task.resources`` beyond its manifests. A corpus without it is a ConfigError naming it."""
+    corpus = get_corpus(name)
+    if corpus.resource is None:
+        raise ConfigError(f"corpus '{name}' has no resource '{resource}' (it provides manifests only)")
+    if root is None or str(root) in ("", "???"):
+        raise ConfigError(f"corpus '{name}': no root given (data.root=/path/to/{name})")
+    return corpus.resource(Path(root).expanduser(), resource, **options)
