@@ -93,6 +93,7 @@ def subsequence_dtw_cost(
     with min-max normalisation folded into ``a`` and ``b`` per row: both costs increase with
     ``x``, so a row's extremes are ``a * f(min x) + b`` and ``a * f(max x) + b``. A query
     leaves the loop after its last frame (the queries are sorted by decreasing length).
+    ``neg_cos`` is overwritten.
     """
     Q, (N, Td) = len(query_lens), doc_mask.shape
     exp = distance == "cosine_exp"
@@ -103,6 +104,8 @@ def subsequence_dtw_cost(
         f_min, f_max = (x_min.exp(), x_max.exp()) if exp else (x_min, x_max)
         scale = 1 / (a * (f_max - f_min)).clamp_min(1e-9)
         a, b = a * scale, -a * f_min * scale
+    if exp:  # a * exp(x) = exp(x + log a): one pass here instead of a product a step
+        neg_cos.add_(a.log())
     out = torch.empty(Q, N, dtype=neg_cos.dtype, device=neg_cos.device)
     buffers = [torch.empty(Q, N, Td, dtype=neg_cos.dtype, device=neg_cos.device) for _ in range(3)]
     views = {}  # the slices each step uses, made again only when the number of queries left changes
@@ -115,8 +118,7 @@ def subsequence_dtw_cost(
         g, g_1, g_0, _, g_00, g_c0 = views[k][1 - i % 2]
         reach, reach_1, _, reach_2, _, reach_c0 = views[k][2]
         if exp:
-            torch.exp(x, out=new)
-            torch.addcmul(b_i, new, a_i, out=new)  # the local costs of query frame i
+            torch.exp(x, out=new).add_(b_i)  # the local costs of query frame i
         else:
             torch.addcmul(b_i, x, a_i, out=new)
         if i > 0:  # G[i-1, j], and the moves from j-1 and j-2; at i = 0 (open begin) G = C
