@@ -14,7 +14,7 @@ class CheckpointError(SpeechSSLError, ValueError):
 
 
 class TrainingError(SpeechSSLError, RuntimeError):
-    """A run that cannot go on: its loss was NaN or Inf for too many steps in a row."""
+    """A run that cannot go on: its loss was NaN or Inf, or its batches ran out of memory, too many steps in a row."""
 
 
 class ConfigError(SpeechSSLError, ValueError):

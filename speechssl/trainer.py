@@ -62,7 +62,7 @@ class TrainerConfig:
     save_every: int = 1000
     keep: int = 2
     seed: int = 0
-    max_nonfinite_steps: int = 5  # updates skipped in a row for a NaN/Inf loss before the run stops
+    max_nonfinite_steps: int = 5  # updates skipped in a row (NaN/Inf loss, out of memory) before the run stops
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainerConfig":
@@ -136,7 +136,9 @@ class Trainer:
 
     A step whose loss is NaN or Inf is skipped (its gradients dropped) and counted in
     ``results.json`` as ``nonfinite_steps``; ``cfg.max_nonfinite_steps`` in a row stop the
-    run with a :class:`TrainingError`, after a checkpoint of the last good weights.
+    run with a :class:`TrainingError`, after a checkpoint of the last good weights. A batch
+    that runs out of device memory is skipped the same way (``oom_steps``; one process only:
+    under DDP it stops the run, since the others wait for its gradients).
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class Trainer:
         self.best: float | None = None
         self.last_loss: float | None = None
         self.nonfinite_steps = 0  # updates skipped for a NaN/Inf loss, over the whole run
+        self.oom_steps = 0  # updates skipped for a batch that ran out of device memory
         self.results_info = dict(results_info or {})
         if self.is_main:
             self.checkpoints.clean()
@@ -217,7 +220,7 @@ class Trainer:
                 writer.close()
         results = {"step": self.step, "train_loss": self.last_loss, "best": self.best, "world_size": self.world_size,
                    "elapsed_s": round(time.monotonic() - started, 2), "nonfinite_steps": self.nonfinite_steps,
-                   **self.results_info, "trainer": asdict(self.cfg)}
+                   "oom_steps": self.oom_steps, **self.results_info, "trainer": asdict(self.cfg)}
         if self.is_main:
             atomic_write(self.run_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
         return results
@@ -225,23 +228,16 @@ class Trainer:
     def _loop(self, batches, autocast, progress, writer) -> None:
         """Optimizer steps from ``self.step`` to ``cfg.max_steps``: log, checkpoint."""
         interval_losses: list[torch.Tensor] = []
-        nonfinite_in_a_row = 0
+        skipped_in_a_row = 0
         while self.step < self.cfg.max_steps:
-            logs_sum: dict[str, torch.Tensor] = {}  # detached, read on the host only when logged
-            for micro in range(self.cfg.grad_accum):
-                position, batch = next(batches)
-                sync = micro == self.cfg.grad_accum - 1 or self.world_size == 1
-                with autocast, (contextlib.nullcontext() if sync else self.wrapped.no_sync()):
-                    loss, logs = self.wrapped(batch, step=self.step, generator=self.generator)
-                    self.scaler.scale(loss / self.cfg.grad_accum).backward()
-                for k, v in {"loss": loss.detach(), **logs}.items():
-                    logs_sum[k] = logs_sum.get(k, 0.0) + v.float() / self.cfg.grad_accum
+            position, logs_sum = self._accumulate(batches, autocast)
             self.epoch, self.batch_in_epoch = position[0], position[1] + 1
-            if not self._finite_on_every_rank(logs_sum["loss"]):
-                nonfinite_in_a_row += 1
-                self._skip_update(nonfinite_in_a_row, interval_losses)
+            if logs_sum is None or not self._finite_on_every_rank(logs_sum["loss"]):
+                skipped_in_a_row += 1
+                self._skip_update("out of memory" if logs_sum is None else "nonfinite", skipped_in_a_row,
+                                  interval_losses)
                 continue
-            nonfinite_in_a_row = 0
+            skipped_in_a_row = 0
             lr = self.scheduler.get_last_lr()[0]  # the rate this step uses; _optimizer_step moves to the next
             grad_norm = self._optimizer_step()
             self.step += 1
@@ -255,6 +251,28 @@ class Trainer:
             if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps:
                 self._save_interval(interval_losses)
 
+    def _accumulate(self, batches, autocast) -> tuple[tuple[int, int], dict[str, torch.Tensor] | None]:
+        """Forward and backward ``cfg.grad_accum`` micro-batches: ``(data position, summed logs)``;
+        the logs are None when a batch ran out of device memory (the rest of the update is not drawn)."""
+        logs_sum: dict[str, torch.Tensor] = {}  # detached, read on the host only when logged
+        for micro in range(self.cfg.grad_accum):
+            position, batch = next(batches)
+            sync = micro == self.cfg.grad_accum - 1 or self.world_size == 1
+            try:
+                with autocast, (contextlib.nullcontext() if sync else self.wrapped.no_sync()):
+                    loss, logs = self.wrapped(batch, step=self.step, generator=self.generator)
+                    self.scaler.scale(loss / self.cfg.grad_accum).backward()
+            except torch.OutOfMemoryError as e:
+                if self.world_size > 1:  # the other processes wait in the gradient all-reduce: skipping would hang
+                    raise TrainingError(f"step {self.step + 1}: out of memory on rank {self.rank} ({first_line(e)}); "
+                                        "lower trainer.batch_seconds") from None
+                log.warning("step %d: out of memory on a batch of %s (%s)", self.step + 1, _batch_size(batch),
+                            first_line(e))
+                return position, None
+            for k, v in {"loss": loss.detach(), **logs}.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + v.float() / self.cfg.grad_accum
+        return position, logs_sum
+
     def _save_interval(self, interval_losses: list[torch.Tensor]) -> None:
         """Checkpoint, with the mean training loss of the steps since the previous one (then forgotten)."""
         self.save(float(self._mean_over_ranks({"loss": torch.stack(interval_losses).mean()})["loss"]))
@@ -267,14 +285,22 @@ class Trainer:
         finite = self._mean_over_ranks({"finite": torch.isfinite(loss).float()})["finite"]
         return bool(finite == 1)
 
-    def _skip_update(self, in_a_row: int, interval_losses: list[torch.Tensor]) -> None:
-        """Drop the gradients of a step whose loss is NaN or Inf, count it; stop after
-        ``cfg.max_nonfinite_steps`` in a row, saving the progress since the last checkpoint."""
+    def _skip_update(self, reason: str, in_a_row: int, interval_losses: list[torch.Tensor]) -> None:
+        """Drop the gradients of a step whose loss is NaN or Inf (``reason="nonfinite"``) or whose batch
+        ran out of device memory (``"out of memory"``), count it; stop after ``cfg.max_nonfinite_steps``
+        skipped in a row, saving the progress since the last checkpoint."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.nonfinite_steps += 1
+        if reason == "nonfinite":
+            self.nonfinite_steps += 1
+            what, fix = "the loss was NaN or Inf", "lower trainer.lr, use trainer.precision=fp32 or check the data"
+        else:
+            self.oom_steps += 1
+            what, fix = "batches ran out of device memory", "lower trainer.batch_seconds"
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         log.warning(
-            "step %d: loss is NaN or Inf, update skipped (%d in a row; the run stops at trainer.max_nonfinite_steps=%d)",
-            self.step + 1, in_a_row, self.cfg.max_nonfinite_steps,
+            "step %d: %s, update skipped (%d in a row; the run stops at trainer.max_nonfinite_steps=%d)",
+            self.step + 1, what.replace("batches ran", "the batch ran"), in_a_row, self.cfg.max_nonfinite_steps,
         )
         if in_a_row < self.cfg.max_nonfinite_steps:
             return
@@ -282,11 +308,11 @@ class Trainer:
             self._save_interval(interval_losses)
         last = self.checkpoints.last
         kept = f"the last checkpoint, {self.run_dir / 'last'} ({last.name}), holds the weights before them" if last \
-            else "no checkpoint was written (no step had a finite loss)"
+            else "no checkpoint was written (no step was taken)"
         raise TrainingError(
-            f"{self.run_dir}: the loss was NaN or Inf for {in_a_row} steps in a row after step {self.step} "
-            f"(trainer.max_nonfinite_steps={self.cfg.max_nonfinite_steps}); stopped, and {kept}; lower trainer.lr, "
-            f"use trainer.precision=fp32 or check the data, then run again to resume"
+            f"{self.run_dir}: {what} for {in_a_row} steps in a row after step {self.step} "
+            f"(trainer.max_nonfinite_steps={self.cfg.max_nonfinite_steps}); stopped, and {kept}; {fix}, "
+            f"then run again to resume"
         )
 
     def _micro_batches(self, dataset, collate):
@@ -412,7 +438,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "rng": rng,  # one entry per rank
                 "world_size": self.world_size,
-                "nonfinite_steps": self.nonfinite_steps,  # not in TRAINER_STATE_KEYS: older states lack it
+                "nonfinite_steps": self.nonfinite_steps,  # these two not in TRAINER_STATE_KEYS: older states lack them
+                "oom_steps": self.oom_steps,
             }
             self.checkpoints.save(self.step, self.model.state_dict(), state, self.export, best=improved)
         if self.world_size > 1:
@@ -432,6 +459,7 @@ class Trainer:
             self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
             self.best = state["best"]
             self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+            self.oom_steps = int(state.get("oom_steps", 0))
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{folder}: checkpoint of another model or config ({first_line(e)})") from e
         if state["world_size"] == self.world_size:
@@ -473,6 +501,12 @@ class _EpochItems(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         return self.dataset.item(index, epoch) if self.by_epoch else self.dataset[index]
+
+
+def _batch_size(batch) -> str:
+    """A batch's size in words, for a message: its waveforms' shape, else its type."""
+    wavs = batch.get("wavs") if isinstance(batch, dict) else batch
+    return f"shape {tuple(wavs.shape)}" if isinstance(wavs, torch.Tensor) else type(batch).__name__
 
 
 def to_device(batch, device):

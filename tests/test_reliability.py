@@ -33,15 +33,18 @@ def write_clips(folder, seconds=(0.5, 0.5, 0.5, 0.5)):
 
 
 class Regress(torch.nn.Module):
-    """A linear layer fit to the batch; its loss is NaN on the calls listed in ``nan_calls``."""
+    """A linear layer fit to the batch; its loss is NaN on the calls listed in ``nan_calls``,
+    and it runs out of device memory on those in ``oom_calls``."""
 
-    def __init__(self, nan_calls=()):
+    def __init__(self, nan_calls=(), oom_calls=()):
         super().__init__()
         self.proj = torch.nn.Linear(4, 1)
-        self.nan_calls, self.calls = set(nan_calls), 0
+        self.nan_calls, self.oom_calls, self.calls = set(nan_calls), set(oom_calls), 0
 
     def forward(self, batch, *, step, generator=None):
         self.calls += 1
+        if self.calls in self.oom_calls:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         loss = (self.proj(batch) - 1).pow(2).mean()
         return (loss * float("nan") if self.calls in self.nan_calls else loss), {}
 
@@ -155,6 +158,16 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_a_usable_checkpoint(tmp_pa
     assert last.name == "step_0000004"  # the progress since step 3's checkpoint was saved
     weights, state = CheckpointManager(tmp_path / "run").load(last)
     assert state["nonfinite_steps"] == 3 and all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_batch_out_of_device_memory_is_skipped_and_counted(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        results = fit(Regress(oom_calls={2}), tmp_path / "run")
+    assert results["step"] == 6 and results["oom_steps"] == 1 and results["nonfinite_steps"] == 0
+    assert "step 2: out of memory on a batch of shape (4, 4) (CUDA out of memory. Tried to allocate 20.00 GiB)" in caplog.text
+    with pytest.raises(TrainingError, match="batches ran out of device memory for 2 steps in a row after step 6 .*"
+                                            "lower trainer.batch_seconds"):
+        fit(Regress(oom_calls=range(7, 100)), tmp_path / "again", max_steps=10, max_nonfinite_steps=2)
 
 
 def test_a_misspelt_trainer_key_is_named(tmp_path):
