@@ -37,7 +37,7 @@ from tqdm import tqdm
 from speechssl.checkpoint import CheckpointManager, atomic_write
 from speechssl.data.sampler import epoch_batches, shard
 from speechssl.device import check_device
-from speechssl.errors import CheckpointError, ConfigError, TrainingError, first_line
+from speechssl.errors import CheckpointError, ConfigError, SpeechSSLError, TrainingError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -337,8 +337,11 @@ class Trainer:
             _EpochItems(dataset), batch_sampler=local_batches(), collate_fn=collate, num_workers=self.cfg.num_workers,
             generator=torch.Generator().manual_seed(self.rank_seed),
         )
-        for batch in loader:
-            yield positions.pop(0), to_device(batch, self.device)
+        try:
+            for batch in loader:
+                yield positions.pop(0), to_device(batch, self.device)
+        except SpeechSSLError as e:  # raised in a worker, its text holds the worker's traceback: keep its message
+            raise type(e)(_worker_message(e)) from None
 
     def _optimizer_step(self) -> torch.Tensor:
         self.scaler.unscale_(self.optimizer)
@@ -501,6 +504,15 @@ class _EpochItems(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         return self.dataset.item(index, epoch) if self.by_epoch else self.dataset[index]
+
+
+def _worker_message(error: BaseException) -> str:
+    """The message of an error a DataLoader worker raised (the last line of the traceback text
+    the loader puts in its place, less the type's name), or its own message."""
+    text = str(error).strip()
+    if "Original Traceback" not in text:
+        return text
+    return text.splitlines()[-1].split(": ", 1)[-1]
 
 
 def _batch_size(batch) -> str:

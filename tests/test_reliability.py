@@ -5,6 +5,7 @@ import csv
 import errno
 import json
 import logging
+import os
 import stat
 from pathlib import Path
 
@@ -170,6 +171,19 @@ def test_a_batch_out_of_device_memory_is_skipped_and_counted(tmp_path, caplog):
         fit(Regress(oom_calls=range(7, 100)), tmp_path / "again", max_steps=10, max_nonfinite_steps=2)
 
 
+def test_an_unreadable_file_in_a_worker_is_one_line(tmp_path):
+    class Unreadable(Points):
+        def __getitem__(self, i):
+            if i == 5:
+                raise AudioError("/data/u5.wav: cannot decode audio (Error : flac decoder lost sync.)")
+            return super().__getitem__(i)
+
+    cfg = TrainerConfig(max_steps=6, warmup_steps=1, batch_seconds=0.4, num_workers=1)
+    with pytest.raises(AudioError) as caught:
+        Trainer(Regress(), cfg, tmp_path / "run").fit(Unreadable(), torch.stack)
+    assert str(caught.value) == "/data/u5.wav: cannot decode audio (Error : flac decoder lost sync.)"
+
+
 def test_a_misspelt_trainer_key_is_named(tmp_path):
     from speechssl.cli import main
 
@@ -325,3 +339,40 @@ def test_long_inputs_are_chunked_into_the_frames_of_the_whole_input(tmp_path, mo
     for k in a:
         assert torch.equal(b[k], a[k])  # exactly the frames of the whole input
     assert index_ids(tmp_path / "chunked") == ["u0"]
+
+
+def test_sigkill_at_random_moments_never_corrupts_a_checkpoint(tmp_path):
+    """Ten SIGKILLs of a forked run at seeded random moments (a checkpoint and a pruning each step,
+    so many land in writes): every kill leaves loadable checkpoints, the resumed run ends with
+    the weights of an unbroken one."""
+    import signal
+    import time
+
+    def run(run_dir):
+        torch.manual_seed(0)
+        fit(Regress(), run_dir, max_steps=16, save_every=1, keep=1, log_every=4)
+
+    run(tmp_path / "unbroken")
+    start = time.monotonic()
+    run(tmp_path / "timed")  # imports done: how long a run takes
+    duration = time.monotonic() - start
+    rng, leftovers = np.random.default_rng(23), []
+    for kill in range(10):
+        pid = os.fork()
+        if pid == 0:  # the child trains (resuming) until killed
+            try:
+                run(tmp_path / "killed")
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0.2, 1.0) * duration)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        manager = CheckpointManager(tmp_path / "killed", keep=1)
+        leftovers.extend(p.name for p in (tmp_path / "killed" / "checkpoints").glob(".*"))
+        for folder in (tmp_path / "killed" / "checkpoints").glob("step_*"):
+            manager.load(folder)  # raises CheckpointError if any is corrupt
+    run(tmp_path / "killed")
+    final = {k: load_file(tmp_path / d / "last" / checkpoint.TRAIN_WEIGHTS) for k, d in [("a", "unbroken"), ("b", "killed")]}
+    assert final["a"].keys() == final["b"].keys()
+    assert all(torch.equal(final["a"][k], final["b"][k]) for k in final["a"])
+    print("left by the kills:", leftovers)  # partial step folders and trash: kills that hit a write or a pruning (-s shows it)
