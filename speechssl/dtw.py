@@ -52,10 +52,12 @@ from speechssl.interface import lengths_to_mask
 DISTANCES = ("cosine", "cosine_exp")
 
 
-def edge_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``(B, T, D)`` with every padded frame replaced by the utterance's last valid frame."""
-    last = x[torch.arange(len(x), device=x.device), lengths - 1]  # (B, D)
-    return torch.where(lengths_to_mask(lengths, x.shape[1])[..., None], x, last[:, None])
+def edge_padded(x: torch.Tensor, lengths: torch.Tensor, index: torch.Tensor, width: int) -> torch.Tensor:
+    """Utterances ``index`` of ``x`` (``(B, T, D)``, lengths ``(B,)``) cut or padded to ``width``
+    frames, every padded frame a copy of the utterance's last valid one: ``(len(index), width, D)``."""
+    frames = torch.arange(width, device=x.device)
+    source = torch.minimum(frames[None, :], (lengths[index] - 1)[:, None]) + index[:, None] * x.shape[1]
+    return x.reshape(-1, x.shape[2])[source]  # one row copy a frame
 
 
 def query_frame_rows(queries: torch.Tensor, query_lens: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
@@ -91,9 +93,10 @@ def subsequence_dtw_cost(
     The local costs are made one query frame at a time, as ``a * f(x) + b`` with ``x = -cos``
     (``cosine``: ``f(x) = x``, ``a = b = 1``; ``cosine_exp``: ``f = exp``, ``a = e``, ``b = -1``),
     with min-max normalisation folded into ``a`` and ``b`` per row: both costs increase with
-    ``x``, so a row's extremes are ``a * f(min x) + b`` and ``a * f(max x) + b``. A query
-    leaves the loop after its last frame (the queries are sorted by decreasing length).
-    ``neg_cos`` is overwritten.
+    ``x``, so a row's extremes are ``a * f(min x) + b`` and ``a * f(max x) + b``; for
+    ``cosine_exp``, ``log a`` is added to ``neg_cos`` in place (``a * exp(x) = exp(x + log a)``).
+    A query leaves the loop after its last frame (the queries are sorted by decreasing
+    length).
     """
     Q, (N, Td) = len(query_lens), doc_mask.shape
     exp = distance == "cosine_exp"
@@ -104,8 +107,9 @@ def subsequence_dtw_cost(
         f_min, f_max = (x_min.exp(), x_max.exp()) if exp else (x_min, x_max)
         scale = 1 / (a * (f_max - f_min)).clamp_min(1e-9)
         a, b = a * scale, -a * f_min * scale
-    if exp:  # a * exp(x) = exp(x + log a): one pass here instead of a product a step
+    if exp:  # one pass here instead of a product a step
         neg_cos.add_(a.log())
+    padding = ~doc_mask
     out = torch.empty(Q, N, dtype=neg_cos.dtype, device=neg_cos.device)
     buffers = [torch.empty(Q, N, Td, dtype=neg_cos.dtype, device=neg_cos.device) for _ in range(3)]
     views = {}  # the slices each step uses, made again only when the number of queries left changes
@@ -114,8 +118,8 @@ def subsequence_dtw_cost(
         if k not in views:
             views.clear()
             views[k] = [(t[:k], t[:k, :, 1:], t[:k, :, :-1], t[:k, :, 2:], t[:k, :, :-2], t[:k, :, 0]) for t in buffers]
-        new, new_1, _, _, _, _ = views[k][i % 2]  # ping-pong between two buffers: G[i] and G[i-1]
-        g, g_1, g_0, _, g_00, g_c0 = views[k][1 - i % 2]
+        new = views[k][i % 2][0]  # ping-pong between two buffers: G[i] and G[i-1]
+        _, g_1, g_0, _, g_00, g_c0 = views[k][1 - i % 2]
         reach, reach_1, _, reach_2, _, reach_c0 = views[k][2]
         if exp:
             torch.exp(x, out=new).add_(b_i)  # the local costs of query frame i
@@ -128,7 +132,7 @@ def subsequence_dtw_cost(
             new.add_(reach)
         done = active[i + 1] if i + 1 < len(active) else 0
         if done < k:  # open end: the best last document frame of the queries ending here
-            out[done:k] = new[done:k].masked_fill(~doc_mask, torch.inf).amin(-1)
+            out[done:k] = new[done:k].masked_fill(padding, torch.inf).amin(-1)
     return out / query_lens.to(neg_cos.dtype)[:, None]
 
 
@@ -199,7 +203,7 @@ def subsequence_dtw(
         for block in runs(d_sorted, lambda a, b: R * (b - a) * d_sorted[b - 1] <= max_cells
                           and d_sorted[b - 1] <= 1.25 * d_sorted[a]):  # fmt: skip
             index, Td = order[block], d_sorted[block.stop - 1]
-            docs_b = torch.nn.functional.normalize(edge_padded(docs[index, :Td], doc_lens[index]), dim=-1)
+            docs_b = torch.nn.functional.normalize(edge_padded(docs, doc_lens, index, Td), dim=-1)
             neg_cos = (frames @ docs_b.reshape(-1, docs_b.shape[-1]).T).view(R, len(index), Td)  # (R, Nb, Td)
             doc_mask = lengths_to_mask(doc_lens[index], Td)  # (Nb, Td)
             distances = subsequence_dtw_cost(neg_cos, active, q_lens[group], doc_mask, distance, minmax_norm)
