@@ -8,7 +8,8 @@ margin on the true speaker's) over the training speakers. Each trial of the corp
 trial list (``asv_trials``: label, enrollment id, test id) is scored with the cosine of
 the two test utterances' embeddings; the metrics are the equal error rate and the
 minimum detection cost (NIST's, as SUPERB and Kaldi's ``compute_min_dcf.py``: p_target
-0.01, C_miss = C_fa = 1, normalised by the cost of the best trivial system).
+0.01, C_miss = C_fa = 1, normalised by the cost of the best trivial system), both over
+the operating points of scikit-learn's ``roc_curve``, computed for many resamples at once.
 
 There is no dev split: the last checkpoint is scored (never one chosen on test).
 Neither metric is a ratio of summed counts, so the intervals bootstrap the trials with
@@ -22,11 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_curve
 from torch import nn
 
 from downstream.task import Metric, Task, TaskConfig, register_task
-from speechssl.bootstrap import bootstrap_interval
+from speechssl.bootstrap import percentile_interval, resample_indices
 from speechssl.errors import ConfigError
 from speechssl.interface import lengths_to_mask
 
@@ -106,20 +106,43 @@ class XVectorHead(nn.Module):
         return F.cross_entropy(self.scale * (cosine - margin), speakers)
 
 
+def verification_metrics(labels: np.ndarray, scores: np.ndarray, p_target: float = P_TARGET, c_miss: float = C_MISS,
+                         c_fa: float = C_FA) -> dict[str, np.ndarray]:
+    """EER and minDCF of each row of ``(R, N)`` trial labels (1 target, 0 not) and scores, at once.
+
+    Every distinct score is a threshold (trials scoring at or above it accepted), plus
+    accepting none: the operating points of scikit-learn's ``roc_curve`` (without
+    ``drop_intermediate``). EER is the mean of the miss and false-alarm rates at the point
+    where they are closest (the first such point); minDCF is NIST's normalised minimum
+    detection cost over the points (Kaldi's ``compute_min_dcf.py``). A row without both
+    kinds of trial gives NaN.
+    """
+    labels, scores = np.atleast_2d(labels).astype(np.float64), np.atleast_2d(scores).astype(np.float64)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    scores, labels = np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1)
+    hits, false_alarms = np.cumsum(labels, axis=1), np.cumsum(1 - labels, axis=1)  # accepting the top k+1
+    zero = np.zeros((labels.shape[0], 1))
+    hits, false_alarms = np.hstack([zero, hits]), np.hstack([zero, false_alarms])  # point 0: accept none
+    last_of_tie = np.ones_like(hits, dtype=bool)
+    last_of_tie[:, 1:-1] = scores[:, :-1] != scores[:, 1:]  # a threshold accepts tied scores together
+    with np.errstate(divide="ignore", invalid="ignore"):
+        miss = 1 - hits / hits[:, -1:]
+        false_alarm = false_alarms / false_alarms[:, -1:]
+    gap = np.where(last_of_tie, np.abs(miss - false_alarm), np.inf)
+    closest = np.argmin(gap, axis=1)[:, None]
+    eer = ((np.take_along_axis(miss, closest, 1) + np.take_along_axis(false_alarm, closest, 1)) / 2)[:, 0]
+    cost = np.where(last_of_tie, c_miss * miss * p_target + c_fa * false_alarm * (1 - p_target), np.inf)
+    dcf = cost.min(axis=1) / min(c_miss * p_target, c_fa * (1 - p_target))
+    both = (hits[:, -1] > 0) & (false_alarms[:, -1] > 0)
+    return {"eer": np.where(both, eer, np.nan), "min_dcf": np.where(both, dcf, np.nan)}
+
+
 def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The rate where misses and false alarms are equal, from scikit-learn's ROC (the point of least gap)."""
-    fpr, tpr, _ = roc_curve(labels, scores, pos_label=1, drop_intermediate=False)
-    fnr = 1 - tpr
-    i = int(np.nanargmin(np.abs(fnr - fpr)))
-    return float((fpr[i] + fnr[i]) / 2)
+    return float(verification_metrics(labels, scores)["eer"][0])
 
 
-def min_dcf(labels: np.ndarray, scores: np.ndarray, p_target: float = P_TARGET, c_miss: float = C_MISS,
-            c_fa: float = C_FA) -> float:
-    """NIST's minimum normalised detection cost over every threshold (Kaldi's ``compute_min_dcf.py``)."""
-    fpr, tpr, _ = roc_curve(labels, scores, pos_label=1, drop_intermediate=False)
-    cost = c_miss * (1 - tpr) * p_target + c_fa * fpr * (1 - p_target)
-    return float(cost.min() / min(c_miss * p_target, c_fa * (1 - p_target)))
+def min_dcf(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(verification_metrics(labels, scores)["min_dcf"][0])
 
 
 def _trial_arrays(outcomes: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -127,16 +150,7 @@ def _trial_arrays(outcomes: list[dict]) -> tuple[np.ndarray, np.ndarray]:
             np.array([o["score"] for o in outcomes], dtype=np.float64))
 
 
-def _metric(name: str):
-    function = equal_error_rate if name == "eer" else min_dcf
-
-    def of_outcomes(outcomes: list[dict]) -> float:
-        labels, scores = _trial_arrays(outcomes)
-        if labels.min() == labels.max():  # a resample with one kind of trial has no ROC
-            return float("nan")
-        return function(labels, scores)
-
-    return of_outcomes
+CHANCE = {"eer": 0.5, "min_dcf": 1.0}
 
 
 @register_task
@@ -202,21 +216,16 @@ class SpeakerVerification(Task):
         return {m: self.metric_from_outcomes(outcomes, m) for m in self.metrics}
 
     def metric_from_outcomes(self, outcomes: list[dict], metric: str | None = None) -> float:
-        return _metric(metric or self.metric)(outcomes)
+        return float(verification_metrics(*_trial_arrays(outcomes))[metric or self.metric][0])
 
     def intervals(self, outcomes: list[dict]) -> dict[str, tuple[float, float]]:
-        """Percentile-bootstrap intervals over the trials (resamples of one kind of trial left out)."""
-        intervals = {}
-        for m in self.metrics:
-            fn = _metric(m)
-            intervals[m] = bootstrap_interval(outcomes, lambda o, fn=fn: _nan_to(fn(o), m))
-        return intervals
+        """Percentile-bootstrap intervals over the trials, every resample's metrics at once (a resample
+        with one kind of trial only scores as chance: EER 0.5, minDCF 1)."""
+        labels, scores = _trial_arrays(outcomes)
+        index = resample_indices(len(outcomes))
+        resampled = verification_metrics(labels[index], scores[index])
+        return {m: percentile_interval(np.nan_to_num(resampled[m], nan=CHANCE[m])) for m in self.metrics}
 
     def chance(self, train_rows: list[dict], test_rows: list[dict]) -> float:
         """A score that ignores the audio cannot rank target trials above non-target ones: EER 50%."""
-        return 0.5 if self.metric == "eer" else 1.0
-
-
-def _nan_to(value: float, metric: str) -> float:
-    """A resample without both kinds of trial scores as chance (EER 0.5, minDCF 1)."""
-    return value if not np.isnan(value) else (0.5 if metric == "eer" else 1.0)
+        return CHANCE[self.metric]

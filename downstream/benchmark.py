@@ -245,7 +245,8 @@ def _write_results(run_dir: Path, task: Task, upstream: Upstream, corpus: str, r
     """``results.json`` and ``test_outcomes.tsv`` of a scored run: ``scored`` holds its ``dev`` and
     ``test`` metrics and the test ``outcomes`` (one record per scored item)."""
     outcomes = scored["outcomes"]
-    write_outcomes(run_dir / OUTCOMES_FILE, task.outcome_ids(rows["test"]), outcomes)
+    ids = scored.get("outcome_ids") or task.outcome_ids(rows["test"])
+    write_outcomes(run_dir / OUTCOMES_FILE, ids, outcomes)
     results = {
         "kind": "benchmark",
         **(info or {}),
@@ -253,7 +254,7 @@ def _write_results(run_dir: Path, task: Task, upstream: Upstream, corpus: str, r
         "task": task.name,
         "corpus": corpus,
         **task.describe(),
-        "chance": task.chance(rows[task.splits[0]], rows["test"]),
+        "chance": task.chance(rows[task.splits[0]], rows.get("test", [])),
         "lr": fields.pop("lr"),
         "dev": scored["dev"],
         "test": scored["test"],
@@ -261,7 +262,7 @@ def _write_results(run_dir: Path, task: Task, upstream: Upstream, corpus: str, r
         "test_interval": {m: list(interval) for m, interval in task.intervals(outcomes).items()},
         "test_outcomes": OUTCOMES_FILE,
         "outcome_ratios": {m: ratio.as_json() for m, ratio in task.ratios.items()},
-        **{k: v for k, v in scored.items() if k not in ("dev", "test", "outcomes")},
+        **{k: v for k, v in scored.items() if k not in ("dev", "test", "outcomes", "outcome_ids")},
         **fields,
     }
     atomic_write(run_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))

@@ -10,17 +10,23 @@ corpus counts, so ``sum(errors) / sum(length)`` is the corpus error rate exactly
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import jiwer
 import torch
 import torch.nn.functional as F
 
 from downstream.heads import CTCHead, ctc_greedy_decode
-from downstream.task import Metric, Task, register_task
+from downstream.task import Metric, Task, TaskConfig, register_task
 from speechssl.bootstrap import Ratio
 from speechssl.errors import ConfigError
 
 BLANK = "<blank>"
+
+
+@dataclass
+class RecurrentCTCConfig(TaskConfig):
+    hidden: int = 256  # the BiLSTM's size per direction (ASR, SF)
 
 
 class CTCTask(Task):
@@ -53,7 +59,8 @@ class CTCTask(Task):
         }
 
     def head(self, input_dim: int):
-        return CTCHead(input_dim, len(self.vocab), lstm_layers=self.lstm_layers)
+        hidden = getattr(self.config, "hidden", 256)
+        return CTCHead(input_dim, len(self.vocab), lstm_layers=self.lstm_layers, hidden=hidden)
 
     def loss(self, head, x, lengths, labels):
         log_probs = head(x, lengths).float()  # (B, T, V)
@@ -103,6 +110,7 @@ class SpeechRecognition(CTCTask):
 
     name = "asr"
     order = 5
+    Config = RecurrentCTCConfig
     columns = ("text",)
     metric = "wer"
     metrics = {"wer": Metric("WER", higher_is_better=False), "cer": Metric("CER", higher_is_better=False)}
@@ -156,6 +164,7 @@ class SlotFilling(CTCTask):
 
     name = "sf"
     order = 7
+    Config = RecurrentCTCConfig
     columns = ("text", "tags")
     metric = "f1"
     metrics = {"f1": Metric("slot-type F1", higher_is_better=True), "cer": Metric("slot-value CER", higher_is_better=False)}

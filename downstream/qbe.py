@@ -28,9 +28,16 @@ ATWV is TWV at the system's own threshold (s3prl's is 2.0 on the standardised sc
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
+import torch
+from torch import nn
+
+from downstream.task import Metric, Task, TaskConfig, register_task
+from speechssl.bootstrap import Ratio
+from speechssl.data.qbe import QbESplit, check_occurrences
 from speechssl.dtw import subsequence_dtw
+from speechssl.errors import ConfigError
 from speechssl.interface import lengths_to_mask
 
 BETA = 999.9
@@ -129,3 +136,115 @@ def maximum_term_weighted_value(
     if float(value[best]) <= 0:
         return 0.0, float("inf")
     return float(value[best]), float(flat[best])
+
+
+@dataclass
+class QbEConfig(TaskConfig):
+    distance: str = "cosine_exp"  # speechssl.dtw's frame distance (s3prl's QUESST recipe)
+    max_cells: int = 2**24  # DTW working memory bound (cells of one block)
+
+
+@register_task
+class QueryByExample(Task):
+    """SUPERB QbE: no training; each layer's DTW detection scores, MTWV, the layer chosen on dev.
+
+    As SUPERB reports QbE by its best layer, every hidden state is scored on the dev
+    queries and documents; the one with the best dev MTWV (``layer=N`` fixes it) is
+    scored on test. Metrics: test MTWV (at the test set's best threshold, as QUESST
+    reports it) and ATWV at the threshold chosen on dev (a decision made before seeing
+    test). A test outcome is one query's TWV term at each threshold,
+    ``hits / targets - beta * false alarms / non-targets``; their means are the two
+    metrics, so the intervals bootstrap the queries (with the thresholds held fixed).
+    Queries that occur in no document are not scored, as in TWV.
+    """
+
+    name = "qbe"
+    order = 6
+    Config = QbEConfig
+    splits = ("dev_queries", "dev_docs", "test_queries", "test_docs")
+    resources = ("qbe_occurrences",)
+    trains_head = False
+    metric = "mtwv"
+    metrics = {"mtwv": Metric("MTWV", higher_is_better=True, unit=""),
+               "atwv": Metric("ATWV", higher_is_better=True, unit="")}
+    ratios = {"mtwv": Ratio("twv"), "atwv": Ratio("twv_at_dev_threshold")}
+
+    def fit(self, rows: list[dict]) -> None:
+        pass
+
+    def state(self) -> dict:
+        return {}
+
+    def encode(self, row: dict) -> torch.Tensor:
+        return torch.zeros(0)
+
+    def split(self, name: str, data: dict) -> QbESplit:
+        """The QbE split ``name`` (dev or test) of cached features ``data``, its occurrences checked."""
+        split = QbESplit(data[f"{name}_queries"].rows, data[f"{name}_docs"].rows,
+                         self.corpus_resources["qbe_occurrences"][name])
+        check_occurrences(split, f"the {name} occurrences")
+        return split
+
+    def layer_scores(self, data: dict, name: str, layers: list[int]) -> list[torch.Tensor]:
+        """``(Q, N)`` detection scores of split ``name`` for each hidden state in ``layers``."""
+        queries, docs = data[f"{name}_queries"], data[f"{name}_docs"]
+        q_states = [queries.hidden(i) for i in range(len(queries))]
+        d_states = [docs.hidden(i) for i in range(len(docs))]
+        q_lens = torch.tensor([s[0].shape[0] for s in q_states])
+        d_lens = torch.tensor([s[0].shape[0] for s in d_states])
+        scores = []
+        for k in layers:
+            q = nn.utils.rnn.pad_sequence([s[k].float() for s in q_states], batch_first=True)
+            d = nn.utils.rnn.pad_sequence([s[k].float() for s in d_states], batch_first=True)
+            scores.append(score_queries(q, q_lens, d, d_lens, distance=self.config.distance,
+                                        max_cells=self.config.max_cells))
+        return scores
+
+    def score_untrained(self, data: dict, *, layer: str | int = "weighted") -> dict:
+        dev, test = self.split("dev", data), self.split("test", data)
+        num_states = len(data["dev_queries"].hidden(0))
+        if layer in ("weighted",):
+            layers = list(range(num_states))
+        elif layer == "last":
+            layers = [num_states - 1]
+        else:
+            if not 0 <= int(layer) < num_states:
+                raise ConfigError(f"layer={layer}: the upstream has hidden states 0..{num_states - 1}")
+            layers = [int(layer)]
+        dev_scores = self.layer_scores(data, "dev", layers)
+        dev_values = [maximum_term_weighted_value(s, dev.targets()) for s in dev_scores]
+        best = max(range(len(layers)), key=lambda i: dev_values[i][0])  # the first of ties
+        chosen, (dev_mtwv, dev_threshold) = layers[best], dev_values[best]
+        test_scores = self.layer_scores(data, "test", [chosen])[0]
+        targets = test.targets()
+        _, test_threshold = maximum_term_weighted_value(test_scores, targets)
+        outcomes, ids = [], []
+        for q, row in enumerate(test.queries):
+            if not bool(targets[q].any()):
+                continue
+            ids.append(row["id"])
+            outcomes.append({"twv": query_twv(test_scores[q], targets[q], test_threshold),
+                             "twv_at_dev_threshold": query_twv(test_scores[q], targets[q], dev_threshold)})
+        return {
+            "dev": {"mtwv": dev_mtwv},
+            "test": {m: ratio(outcomes) for m, ratio in self.ratios.items()},
+            "outcomes": outcomes,
+            "outcome_ids": ids,
+            "layer": chosen,
+            "dev_mtwv_by_layer": {str(k): v for k, (v, _) in zip(layers, dev_values)},
+            "thresholds": {"dev": dev_threshold, "test": test_threshold},
+        }
+
+    def chance(self, train_rows: list[dict], test_rows: list[dict]) -> float:
+        """Detecting nothing: TWV 0 (and every TWV below it is worse than silence)."""
+        return 0.0
+
+
+def query_twv(scores: torch.Tensor, targets: torch.Tensor, threshold: float, beta: float = BETA) -> float:
+    """One query's TWV term at ``threshold``: ``hits / targets - beta * false alarms / non-targets``
+    (their mean over the scored queries is TWV; ``threshold = inf`` detects nothing: 0)."""
+    detected = scores.double() >= threshold
+    n_true = int(targets.sum())
+    n_false = max(1, targets.numel() - n_true)
+    hits, false_alarms = int((detected & targets).sum()), int((detected & ~targets).sum())
+    return hits / n_true - beta * false_alarms / n_false

@@ -148,6 +148,12 @@ class Task:
         """``metric`` (default: the main one) of the items of ``outcomes``: equal to ``score``'s."""
         return self.ratios[metric or self.metric](outcomes)
 
+    def score_untrained(self, data: dict[str, Any], *, layer: str | int = "weighted") -> dict[str, Any]:
+        """A task that trains no head (``trains_head = False``): its ``dev`` and ``test`` metrics, the test
+        ``outcomes`` (and their ``outcome_ids``) from the cached hidden states of each split (``data``:
+        split -> :class:`downstream.benchmark.CachedFeatures`); other keys go into ``results.json``."""
+        raise NotImplementedError
+
     def chance(self, train_rows: list[dict], test_rows: list[dict]) -> float:
         """The main metric of a system that ignores the audio."""
         raise NotImplementedError

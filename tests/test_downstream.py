@@ -25,6 +25,9 @@ from speechssl.feature_cache import FeatureCache, upstream_fingerprint
 from speechssl.registry import get_entry
 from speechssl.trainer import TrainerConfig
 
+# heads small enough for a few CPU seconds (the tasks' defaults are SUPERB's sizes)
+TINY_TASK_OPTIONS = {"asv": {"channels": 32, "embedding": 32}, "asr": {"hidden": 32}, "sf": {"hidden": 32},
+                     "sd": {"hidden": 32}}
 FEW_STEPS = TrainerConfig(max_steps=6, warmup_steps=2, lr=1e-3, batch_seconds=20, save_every=3, log_every=3)
 
 
@@ -54,10 +57,11 @@ class CountingUpstream:
 def test_every_task_trains_and_reports(task, superb_lite_tiny, tmp_path):
     upstream = speechssl.load_upstream("fbank")
     data, needs = rows(superb_lite_tiny, task), resources(superb_lite_tiny, task)
-    results = benchmark(upstream, task, data, FEW_STEPS, tmp_path / "run", corpus="superb_lite",
-                        cache_dir=tmp_path / "cache", resources=needs)
+    results = benchmark(upstream, get_task(task, **TINY_TASK_OPTIONS.get(task, {})), data, FEW_STEPS,
+                        tmp_path / "run", corpus="superb_lite", cache_dir=tmp_path / "cache", resources=needs)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     spec = get_task(task)
+    spec.prepare(frame_rate=upstream.frame_rate, resources=needs)
     assert saved == results and saved["kind"] == "benchmark" and saved["step"] == (6 if spec.trains_head else 0)
     metric = spec.metric
     assert results["metrics"] == {m: info.as_json() for m, info in spec.metrics.items()}
@@ -69,7 +73,6 @@ def test_every_task_trains_and_reports(task, superb_lite_tiny, tmp_path):
     ids, outcomes = read_outcomes(tmp_path / "run" / results["test_outcomes"])
     assert ids == spec.outcome_ids(data["test"]) if task != "qbe" else len(ids) == len(outcomes) > 0
     assert set(results["test_interval"]) == set(results["test"])
-    spec.prepare(frame_rate=upstream.frame_rate, resources=needs)
     for name, value in results["test"].items():
         assert spec.metric_from_outcomes(outcomes, name) == pytest.approx(value, abs=1e-12)
         low, high = results["test_interval"][name]

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from downstream.asv import XVector, equal_error_rate, min_dcf
+from downstream.asv import XVector, equal_error_rate, min_dcf, verification_metrics
 from downstream.ctc import character_edits, parse_slots
 from downstream.diarization import (
     activity,
@@ -62,6 +62,18 @@ def test_eer_and_min_dcf_on_known_scores():
     gap = min(rates, key=lambda r: abs(r[0] - r[1]))
     assert equal_error_rate(labels, scores) == pytest.approx(sum(gap) / 2, abs=1e-12)
     assert equal_error_rate(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0  # separated: no error
+    # scikit-learn's ROC, ties included (scores rounded to make many), and many resamples at once
+    from sklearn.metrics import roc_curve
+
+    scores = np.round(scores, 1)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    i = np.nanargmin(np.abs((1 - tpr) - fpr))
+    assert equal_error_rate(labels, scores) == pytest.approx((fpr[i] + 1 - tpr[i]) / 2, abs=1e-12)
+    assert min_dcf(labels, scores) == pytest.approx(((1 - tpr) * 0.01 + fpr * 0.99).min() / 0.01, abs=1e-12)
+    index = rng.integers(0, 400, size=(5, 400))
+    batched = verification_metrics(labels[index], scores[index])
+    assert batched["eer"].tolist() == pytest.approx([equal_error_rate(labels[r], scores[r]) for r in index])
+    assert np.isnan(verification_metrics(np.ones(3), np.arange(3.0))["eer"][0])  # one kind of trial only
 
 
 def test_xvector_reads_no_padding():
@@ -202,3 +214,23 @@ def test_superb_lite_resources_and_errors(superb_lite_tiny, tmp_path):
     with pytest.raises(ConfigError, match="trials.tsv: no such file or folder"):
         corpus_resource("superb_lite", tmp_path, "asv_trials")
     json.dumps(occurrences)  # plain data
+
+
+# -- QbE ------------------------------------------------------------------------------------------
+
+
+def test_qbe_outcomes_are_per_query_twv_terms_whose_mean_is_the_mtwv():
+    from downstream.qbe import maximum_term_weighted_value, query_twv
+
+    torch.manual_seed(3)
+    scores = torch.randn(6, 40)
+    targets = torch.rand(6, 40) > 0.8
+    targets[0] = False  # a query found nowhere is not scored
+    targets[1, :3] = True
+    scores[1, :3] += 3.0  # one easy query
+    mtwv, threshold = maximum_term_weighted_value(scores, targets)
+    terms = [query_twv(scores[q], targets[q], threshold) for q in range(6) if targets[q].any()]
+    assert len(terms) == 5 and np.mean(terms) == pytest.approx(mtwv, abs=1e-12) and mtwv > 0
+    assert query_twv(scores[1], targets[1], float("inf")) == 0.0  # detecting nothing
+    task = get_task("qbe")
+    assert not task.trains_head and task.splits == ("dev_queries", "dev_docs", "test_queries", "test_docs")

@@ -31,6 +31,7 @@ from speechssl.data.corpora import (
     iemocap,
     libri2mix,
     librispeech,
+    quesst14,
     speech_commands,
     voxceleb1,
 )
@@ -119,6 +120,7 @@ CORPORA: dict[str, Corpus] = {
     speech_commands.NAME: Corpus(speech_commands.NAME, speech_commands.TASKS, speech_commands.manifest),
     voxceleb1.NAME: Corpus(voxceleb1.NAME, voxceleb1.TASKS, voxceleb1.manifest, voxceleb1.resource),
     libri2mix.NAME: Corpus(libri2mix.NAME, libri2mix.TASKS, libri2mix.manifest),
+    quesst14.NAME: Corpus(quesst14.NAME, quesst14.TASKS, quesst14.manifest, quesst14.resource),
     fluent_commands.NAME: Corpus(fluent_commands.NAME, fluent_commands.TASKS, fluent_commands.manifest),
     iemocap.NAME: Corpus(iemocap.NAME, iemocap.TASKS, iemocap.manifest),
 }

@@ -92,3 +92,19 @@ def load(root: str | Path, split: str, *, language: str | None = "nnenglish") ->
     kept_docs, kept_queries = {r["id"] for r in documents}, {r["id"] for r in queries}
     occurrences = [r for r in read_rttm(rttm) if r["doc"] in kept_docs and r["query"] in kept_queries]
     return QbESplit(queries, documents, occurrences)
+
+
+def manifest(root: Path, task: str, split: str, *, language: str | None = "nnenglish") -> list[dict]:
+    """Rows of one of the QbE task's splits: ``dev_queries``, ``dev_docs``, ``test_queries``, ``test_docs``."""
+    name, _, kind = split.partition("_")
+    if name not in QBE_SPLITS or kind not in ("queries", "docs"):
+        raise ConfigError(f"corpus '{NAME}': unknown split '{split}'; known: dev_queries, dev_docs, test_queries, test_docs")
+    qbe = load(root, name, language=language)
+    return qbe.queries if kind == "queries" else qbe.documents
+
+
+def resource(root: Path, name: str, *, language: str | None = "nnenglish") -> dict[str, list[dict]]:
+    """``qbe_occurrences``: ``{"dev": [...], "test": [...]}``, the RTTM occurrences of each query set."""
+    if name != "qbe_occurrences":
+        raise ConfigError(f"corpus '{NAME}' has no resource '{name}'; it has qbe_occurrences")
+    return {split: load(root, split, language=language).occurrences for split in QBE_SPLITS}
