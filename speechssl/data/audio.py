@@ -70,7 +70,7 @@ def _check_wav_length(path: Path, frames: int) -> None:
 def resampled_length(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> int:
     """Samples ``path`` will have at ``sample_rate`` once loaded, read from its header alone."""
     frames, rate, _ = audio_info(path)
-    return frames if rate == sample_rate else round(frames * sample_rate / rate)
+    return frames if rate == sample_rate else -(-frames * sample_rate // rate)  # ceil, as resample's length
 
 
 def load_audio(
@@ -88,13 +88,15 @@ def load_audio(
     undecodable, zero samples, NaN/Inf samples, or a wrong rate.
     """
     path = Path(path)
-    _, rate, _ = audio_info(path)  # a truncated WAV is refused here
+    frames, rate, _ = audio_info(path)  # a truncated WAV is refused here
     whole = rate != sample_rate or (start == 0 and stop is None)
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True,  # (S, C)
                                     **({} if whole else {"start": start, "stop": stop}))
     except (soundfile.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"{path}: cannot decode audio ({e})") from e
+    if whole and data.shape[0] != frames:
+        raise AudioError(f"{path}: decoded {data.shape[0]} samples, its header says {frames} (a truncated file?)")
     if data.shape[0] == 0:
         raise AudioError(f"{path}: 0 samples (empty audio)")
     if not np.isfinite(data).all():
