@@ -7,12 +7,17 @@ samples (or the zeros a single utterance would be padded with), and frames past
 ``frame_lens`` are zero.
 
 - :func:`fbank`: Kaldi's log-mel filterbank (``torchaudio.compliance.kaldi.fbank``
-  with its defaults), whose frames obey :func:`speechssl.frames.frames_snip_edges`.
+  with its defaults, any of its windows), whose frames obey :func:`speechssl.frames.frames_snip_edges`.
 - :func:`mfcc`: Kaldi's MFCC, optionally with deltas and delta-deltas: the 39-d
   features HuBERT's first iteration clusters (fairseq ``dump_mfcc_feature.py``).
 - :func:`log_mel`: librosa's ``melspectrogram`` (Slaney mel, centred frames,
-  constant padding), then ``log(mel + 1e-6)``; frames obey ``frames_centered``.
+  constant padding), then ``log(mel + 1e-6)``; frames obey ``frames_centered``. Its
+  options also give torchaudio's ``MelScale`` (HTK mel, no norm) on a reflect-padded STFT.
 - :func:`cmvn`: utterance mean (and variance) normalisation over valid frames.
+- :func:`rms_normalize`: each waveform scaled to an RMS level in dB.
+
+The options that are not ours by default reproduce s3prl's front-ends exactly
+(its APC, Mockingjay and TERA upstreams; their converters set them).
 """
 
 from __future__ import annotations
@@ -46,8 +51,14 @@ def _kaldi_mel_banks(num_mel_bins: int, low_freq: float, high_freq: float) -> to
     return banks.T.contiguous()
 
 
-def _povey_window(device, dtype) -> torch.Tensor:
-    return torch.hann_window(WINDOW, periodic=False, device=device, dtype=dtype).pow(0.85)
+# Kaldi's windows, as torchaudio.compliance.kaldi makes them (symmetric, WINDOW samples)
+KALDI_WINDOWS = {
+    "povey": lambda **kw: torch.hann_window(WINDOW, periodic=False, **kw).pow(0.85),
+    "hamming": lambda **kw: torch.hamming_window(WINDOW, periodic=False, alpha=0.54, beta=0.46, **kw),
+    "hanning": lambda **kw: torch.hann_window(WINDOW, periodic=False, **kw),
+    "rectangular": lambda **kw: torch.ones(WINDOW, **kw),
+    "blackman": lambda **kw: torch.blackman_window(WINDOW, periodic=False, **kw),  # Kaldi's blackman_coeff 0.42
+}
 
 
 def fbank(
@@ -58,22 +69,26 @@ def fbank(
     preemphasis: float = 0.97,
     low_freq: float = 20.0,
     high_freq: float = 0.0,
+    window: str = "povey",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Kaldi log-mel filterbank: ``(B, T, num_mel_bins)`` and ``(B,)`` frames.
 
-    Matches ``torchaudio.compliance.kaldi.fbank(wav[None], num_mel_bins=...)`` per
-    utterance (dither 0, DC removal, pre-emphasis, Povey window, power spectrum,
-    log floored at float32 eps). ``high_freq <= 0`` counts down from Nyquist.
+    Matches ``torchaudio.compliance.kaldi.fbank(wav[None], num_mel_bins=..., window_type=window)``
+    per utterance (dither 0, DC removal, pre-emphasis, the window, power spectrum, log
+    floored at float32 eps); ``window`` is one of :data:`KALDI_WINDOWS` (s3prl's APC: hamming).
+    ``high_freq <= 0`` counts down from Nyquist.
     """
+    if window not in KALDI_WINDOWS:
+        raise ValueError(f"fbank: window must be one of {', '.join(KALDI_WINDOWS)}, got {window!r}")
     frame_lens = frames_snip_edges(wav_lens, WINDOW, HOP)
-    frames = _kaldi_frames(wavs, preemphasis)  # (B, T, KALDI_FFT)
+    frames = _kaldi_frames(wavs, preemphasis, window)  # (B, T, KALDI_FFT)
     power = torch.fft.rfft(frames).abs().pow(2)  # (B, T, KALDI_FFT / 2 + 1)
     banks = _kaldi_mel_banks(num_mel_bins, low_freq, high_freq).to(power)
     feats = torch.clamp(power @ banks, min=FLOAT_EPS).log()  # (B, T, num_mel_bins)
     return _zero_padding(feats, frame_lens), frame_lens
 
 
-def _kaldi_frames(wavs: torch.Tensor, preemphasis: float) -> torch.Tensor:
+def _kaldi_frames(wavs: torch.Tensor, preemphasis: float, window: str) -> torch.Tensor:
     """``(B, S)`` -> ``(B, T, KALDI_FFT)`` windowed, zero-padded Kaldi frames."""
     if wavs.shape[1] < WINDOW:
         raise ValueError(f"fbank: {wavs.shape[1]} samples, fewer than one {WINDOW}-sample window")
@@ -82,7 +97,7 @@ def _kaldi_frames(wavs: torch.Tensor, preemphasis: float) -> torch.Tensor:
     if preemphasis:
         previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # Kaldi repeats sample 0
         frames = frames - preemphasis * previous
-    frames = frames * _povey_window(frames.device, frames.dtype)
+    frames = frames * KALDI_WINDOWS[window](device=frames.device, dtype=frames.dtype)
     return torch.nn.functional.pad(frames, (0, KALDI_FFT - WINDOW))
 
 
@@ -140,8 +155,12 @@ def compute_deltas(x: torch.Tensor, lengths: torch.Tensor, win_length: int = 5) 
 
 
 @lru_cache(maxsize=8)
-def _slaney_mel_banks(n_fft: int, n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
-    return AF.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, SAMPLE_RATE, norm="slaney", mel_scale="slaney")
+def _mel_banks(n_fft: int, n_mels: int, f_min: float, f_max: float, scale: str, norm: str | None) -> torch.Tensor:
+    return AF.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, SAMPLE_RATE, norm=norm, mel_scale=scale)
+
+
+MEL_SCALES = ("slaney", "htk")
+PAD_MODES = ("constant", "reflect")
 
 
 def log_mel(
@@ -154,31 +173,76 @@ def log_mel(
     f_min: float = 0.0,
     f_max: float | None = None,
     log_offset: float = 1e-6,
+    mel_scale: str = "slaney",
+    mel_norm: str | None = "slaney",
+    pad_mode: str = "constant",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """librosa-compatible log-mel: ``log(librosa.feature.melspectrogram(...) + log_offset)``.
 
     librosa arguments: ``sr=16000, n_fft=n_fft, hop_length=hop_length, center=True,
     pad_mode="constant", power=2.0``, Slaney mel scale and norm. ``(B, T, n_mels)``.
+
+    ``mel_scale="htk", mel_norm=None`` is torchaudio's ``MelScale`` instead;
+    ``pad_mode="reflect"`` centres the frames as ``torch.stft(center=True, pad_mode="reflect")``
+    does on each utterance alone (its own samples mirrored at its own end, not the
+    batch's padding): an utterance then needs more than ``n_fft // 2`` samples.
     """
+    if mel_scale not in MEL_SCALES or pad_mode not in PAD_MODES:
+        raise ValueError(f"log_mel: mel_scale in {MEL_SCALES}, pad_mode in {PAD_MODES}; got {mel_scale!r}, {pad_mode!r}")
     frame_lens = frames_centered(wav_lens, hop_length)
     window = torch.hann_window(n_fft, device=wavs.device, dtype=wavs.dtype)
-    spec = torch.stft(wavs, n_fft, hop_length, window=window, center=True, pad_mode="constant", return_complex=True)
+    if pad_mode == "constant":
+        spec = torch.stft(wavs, n_fft, hop_length, window=window, center=True, pad_mode="constant", return_complex=True)
+    else:
+        centred = _reflect_each(wavs, wav_lens, n_fft // 2)  # (B, S + n_fft)
+        spec = torch.stft(centred, n_fft, hop_length, window=window, center=False, return_complex=True)
     power = spec.abs().pow(2).transpose(1, 2)  # (B, T, n_fft/2 + 1)
-    banks = _slaney_mel_banks(n_fft, n_mels, f_min, f_max if f_max is not None else SAMPLE_RATE / 2).to(power)
+    f_max = f_max if f_max is not None else SAMPLE_RATE / 2
+    banks = _mel_banks(n_fft, n_mels, f_min, f_max, mel_scale, mel_norm).to(power)
     feats = (power @ banks + log_offset).log()  # (B, T, n_mels)
     return _zero_padding(feats, frame_lens), frame_lens
 
 
-def cmvn(x: torch.Tensor, lengths: torch.Tensor, *, variance: bool = True, eps: float = 1e-5) -> torch.Tensor:
+def _reflect_each(wavs: torch.Tensor, wav_lens: torch.Tensor, pad: int) -> torch.Tensor:
+    """``(B, S)`` -> ``(B, S + 2 pad)``: ``pad`` samples each side of every utterance, mirrored
+    about its first and last sample (``F.pad(wav[:n], (pad, pad), mode="reflect")``), zeros after."""
+    i = torch.arange(-pad, wavs.shape[1] + pad, device=wavs.device).abs()  # (S + 2 pad,) mirrored at the start
+    n = wav_lens[:, None]  # (B, 1)
+    index = torch.where(i >= n, 2 * (n - 1) - i, i)  # (B, S + 2 pad) mirrored at each end
+    beyond = i >= n + pad  # past the mirrored tail: only padding frames read there
+    return wavs.gather(1, index.clamp(0, wavs.shape[1] - 1)).masked_fill(beyond, 0.0)
+
+
+def rms_normalize(wavs: torch.Tensor, wav_lens: torch.Tensor, level_db: float, eps: float = 1e-10) -> torch.Tensor:
+    """``(B, S)`` waveforms each scaled so that the RMS of its valid samples is ``level_db`` dB
+    (s3prl's ``_normalize_wav_decibel``: ``wav * 10 ** (level_db / 20) / (rms + eps)``)."""
+    valid = lengths_to_mask(wav_lens, wavs.shape[1]).to(wavs.dtype)  # (B, S)
+    rms = ((wavs.pow(2) * valid).sum(dim=1, keepdim=True) / wav_lens.clamp(min=1)[:, None].to(wavs.dtype)).sqrt()
+    return wavs * (10 ** (level_db / 20) / (rms + eps)) * valid
+
+
+def cmvn(
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    variance: bool = True,
+    eps: float = 1e-5,
+    unbiased: bool = False,
+    eps_on_std: bool = False,
+) -> torch.Tensor:
     """Utterance mean (and variance) normalisation of ``(B, T, D)`` over each one's valid frames.
 
-    Padding neither counts in the statistics nor keeps a value (it is zero on output).
+    ``(x - mean) / sqrt(var + eps)`` with ``var`` over ``T`` frames; ``unbiased`` divides by
+    ``T - 1`` instead, ``eps_on_std`` gives ``(x - mean) / (std + eps)``: both together are
+    ``torch.std``'s normalisation, s3prl's CMVN. Padding neither counts in the statistics
+    nor keeps a value (it is zero on output).
     """
     mask = lengths_to_mask(lengths, x.shape[1])[..., None].to(x.dtype)  # (B, T, 1)
     count = lengths.clamp(min=1)[:, None, None].to(x.dtype)
     mean = (x * mask).sum(dim=1, keepdim=True) / count
     x = x - mean
     if variance:
-        var = (x.pow(2) * mask).sum(dim=1, keepdim=True) / count
-        x = x / torch.sqrt(var + eps)
+        dof = (count - 1).clamp(min=1) if unbiased else count
+        var = (x.pow(2) * mask).sum(dim=1, keepdim=True) / dof
+        x = x / (var.sqrt() + eps) if eps_on_std else x / torch.sqrt(var + eps)
     return x * mask

@@ -193,6 +193,18 @@ def fairseq_literal(value: Any) -> Any:
         raise CheckpointError(f"fairseq config value {value!r} is not a literal expression") from e
 
 
+# --------------------------------------------------------------------------- options a converter reproduces
+
+
+def refuse_unreproduced(found: dict, expected: dict, extra: dict | None = None, what: str = "options") -> None:
+    """A :class:`CheckpointError` naming each entry of ``found`` unlike ``expected`` (the only value
+    the converter reproduces) and each key of ``extra`` (options it does not know); else nothing."""
+    unlike = [f"{k}={found[k]!r} (we compute {v!r})" for k, v in expected.items() if found[k] != v]
+    unlike += [f"{k}={v!r} (not supported)" for k, v in (extra or {}).items()]
+    if unlike:
+        raise CheckpointError(f"{what} not reproduced: {', '.join(unlike)}")
+
+
 # --------------------------------------------------------------------------- export
 
 

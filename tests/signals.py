@@ -60,7 +60,11 @@ def perturbed(module, seed):
     return module.eval()
 
 
-def padded_tones(lengths, seconds=0.25):
-    """``(B, S)`` louder tones zeroed past each of ``lengths`` (B,), and the lengths: a padded batch."""
+def padded_tones(lengths, seconds=0.25, noise=0.0):
+    """``(B, S)`` louder tones zeroed past each of ``lengths`` (B,), and the lengths: a padded batch.
+
+    ``noise``: the std of white noise added (seeded), so that no mel band is empty: CMVN of a
+    band that is constant (its log floor) divides rounding noise by a standard deviation of 0."""
     wavs = tones(len(lengths), seconds) * 3
+    wavs = wavs + noise * torch.randn(wavs.shape, generator=torch.Generator().manual_seed(0))
     return wavs.masked_fill(torch.arange(wavs.shape[1]) >= lengths[:, None], 0.0), lengths

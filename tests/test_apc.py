@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import speechssl
-
+from speechssl.errors import CheckpointError
 from speechssl.registry import build_upstream
 from upstream.apc import APCObjective
 
@@ -51,38 +51,51 @@ def test_paper_size_has_s3prls_parameter_count(name):
     assert count(objective) == s3prl_apc_params(80, 512, 3, 512 if name == "vq_apc" else None)
 
 
+S3PRL_AUDIO = {"feat_type": "fbank", "feat_dim": 80, "frame_length": 25, "frame_shift": 10, "dither": 0, "cmvn": True}
+
+
 @pytest.mark.parametrize("name", ["apc", "vq_apc"])
-def test_s3prl_checkpoint_loads_in_one_line_with_s3prls_hidden_states(tmp_path, name):
+def test_s3prl_checkpoint_gives_s3prls_hidden_states_from_the_waveform(tmp_path, name):
     """s3prl's APC with random weights, saved in its runner's layout, read by its UpstreamExpert and by
-    load_upstream; every hidden state compared on a padded batch, our encoder reading s3prl's own
-    input features (its fbank uses a Hamming window and its own CMVN, ours Kaldi's Povey window)."""
+    load_upstream(name, ckpt=); every hidden state of one padded batch of waveforms compared (s3prl
+    computes each utterance's fbank alone and packs the batch: its output does not depend on the
+    padding). Our state 0, the input features, is compared with s3prl's preprocessor output."""
     apc, expert_module = s3prl_apc_module(), pytest.importorskip("s3prl.upstream.apc.expert")
     vq = {"codebook_size": [32, 32], "code_dim": [32, 32], "gumbel_temperature": 0.5} if name == "vq_apc" else None
     theirs = signals.perturbed(apc.APC(80, 64, 3, 0.1, True, vq=vq), seed=0)
     assert count(theirs) == s3prl_apc_params(80, 64, 3) + (2 * (32 * 32 + 32 + 32 * 32) if vq else 0)
-    audio = {"feat_type": "fbank", "feat_dim": 80, "frame_length": 25, "frame_shift": 10, "dither": 0, "cmvn": True}
     paras = {"num_layers": 3, "hidden_size": 64, "dropout": 0.1, "residual": True, "vq": vq}
-    torch.save({"config": {"data": {"audio": audio}, "model": {"paras": paras}}, "model": theirs.state_dict()},
+    torch.save({"config": {"data": {"audio": dict(S3PRL_AUDIO)}, "model": {"paras": paras}}, "model": theirs.state_dict()},
                tmp_path / "apc.ckpt")  # fmt: skip
     expert = expert_module.UpstreamExpert(str(tmp_path / "apc.ckpt")).eval()
     ours = speechssl.load_upstream(name, ckpt=tmp_path / "apc.ckpt")
     assert ours.config.vq_groups == (2 if vq else 1) and ours.config.vq_layers == ([3] if vq else [])
-    wavs, lengths = signals.padded_tones(torch.tensor([4000, 2650, 1337]))
+    wavs, lengths = signals.padded_tones(torch.tensor([4000, 2650, 1337]), noise=0.01)
     listed = [wav[:n] for wav, n in zip(wavs, lengths)]
     with torch.no_grad():
         expected = expert(listed)["hidden_states"]
-        features = [expert.preprocessor(wav.unsqueeze(0)) for wav in listed]  # as the expert's forward
-        frames = torch.tensor([len(f) for f in features])
-        feats = ours.encoder(torch.nn.utils.rnn.pad_sequence(features, batch_first=True), frames)
+        feats = ours(wavs, lengths)
+        inputs = [expert.preprocessor(wav.unsqueeze(0)) for wav in listed]
+    assert feats.lengths.tolist() == [len(x) for x in inputs]
     assert len(feats.hidden_states) == len(expected) + 1  # ours start with the input features
-    for a, b in zip(feats.hidden_states[1:], expected):
-        for i, n in enumerate(frames.tolist()):
-            torch.testing.assert_close(a[i, :n], b[i, :n], atol=1e-4, rtol=1e-4)
+    for a, b in zip(feats.hidden_states, [inputs] + list(expected)):
+        for i, n in enumerate(feats.lengths.tolist()):
+            torch.testing.assert_close(a[i, :n], b[i][:n], atol=1e-4, rtol=1e-4)
     if vq:  # the codes the last layer's output quantizes to: the argmax of each group's logits, as s3prl's
         top = feats.hidden_states[-1]
         for g, layer in enumerate(theirs.vq_layers):
             assert torch.equal(feats.extra["codes_3"][..., g], layer.vq_logits(top[..., 32 * g : 32 * (g + 1)]).argmax(-1)
-                               * (torch.arange(top.shape[1]) < frames[:, None]))  # fmt: skip
+                               * (torch.arange(top.shape[1]) < feats.lengths[:, None]))  # fmt: skip
+
+
+def test_s3prl_audio_options_we_do_not_reproduce_are_refused(tmp_path):
+    apc = s3prl_apc_module()
+    paras = {"num_layers": 1, "hidden_size": 8, "dropout": 0.1, "residual": True, "vq": None}
+    audio = {**S3PRL_AUDIO, "dither": 1.0, "preemphasis_coefficient": 0.5}
+    torch.save({"config": {"data": {"audio": audio}, "model": {"paras": paras}}, "model": apc.APC(80, 8, 1, 0.1, True).state_dict()},
+               tmp_path / "apc.ckpt")  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"dither=1.0 \(we compute 0.0\), preemphasis_coefficient=0.5 \(not supported"):
+        speechssl.load_upstream("apc", ckpt=tmp_path / "apc.ckpt")
 
 
 def test_hidden_states_are_input_then_every_layer():

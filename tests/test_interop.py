@@ -283,14 +283,7 @@ def s3prl_apc_checkpoint(path):
 def s3prl_mockingjay_checkpoint(path):
     import test_mockingjay
 
-    ref, config = test_mockingjay.s3prl_config(1)
-    config.hidden_size, config.num_attention_heads, config.intermediate_size = 64, 4, 128
-    options = {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
-               "intermediate_size", "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
-               "layer_norm_eps", "share_layer", "pre_layer_norm")}  # fmt: skip
-    torch.save({"Config": {"transformer": options, "audio": test_mockingjay.S3PRL_AUDIO, "task": {"sequence_length": 0}},
-                "Transformer": signals.perturbed(ref.TransformerModel(config, 80), seed=0).state_dict()}, path)  # fmt: skip
-    return path
+    return test_mockingjay.s3prl_checkpoint(path, layers=1)
 
 
 @pytest.mark.parametrize("expert, make", [("apc", s3prl_apc_checkpoint), ("mockingjay", s3prl_mockingjay_checkpoint)])

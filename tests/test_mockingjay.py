@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import speechssl
+from speechssl.errors import CheckpointError
 from speechssl.masking import frame_mask
 from speechssl.registry import build_upstream
 from upstream.mockingjay import MockingjayObjective
@@ -84,40 +85,55 @@ def test_parameter_count_against_s3prl_itself(layers, pre_ln):
 # s3prl's OnlinePreprocessor settings of its mockingjay/tera pretraining: 80 log-mel bins, CMVN, -25 dB
 S3PRL_AUDIO = {"target_level": -25, "win_ms": 25, "hop_ms": 10, "n_freq": 201, "n_mels": 80, "n_mfcc": 13,
                "input": {"feat_type": "mel", "channel": 0, "log": True, "delta": 0, "cmvn": True}}  # fmt: skip
+# s3prl's Kaldi extracter (upstream/baseline/fbank.yaml, its TERA fbankBase): fbank, deltas of order 2, CMVN
+S3PRL_KALDI = {"kaldi": {"feat_type": "fbank", "fbank": {"num_mel_bins": 80, "frame_length": 25.0, "frame_shift": 10.0,
+               "use_log_fbank": True}}, "delta": {"order": 2, "win_length": 5}, "cmvn": {"use_cmvn": True}}  # fmt: skip
 
 
-def test_s3prl_checkpoint_loads_in_one_line_with_s3prls_hidden_states(tmp_path):
-    """s3prl's model with random weights, saved in its runner's layout, read by its UpstreamExpert and by
-    load_upstream; every hidden state compared on a padded batch, our encoder reading s3prl's own
-    input features (our front-end differs on purpose: see upstream/mockingjay.py)."""
-    expert_module = pytest.importorskip("s3prl.upstream.mockingjay.expert")
-    ref, config = s3prl_config(2)
-    config.hidden_size, config.num_attention_heads, config.intermediate_size = 64, 4, 128  # s3prl tabulates positions in Python
-    theirs = signals.perturbed(ref.TransformerModel(config, 80), seed=0)
+def s3prl_checkpoint(path, layers=2, audio=S3PRL_AUDIO, input_size=80):
+    """s3prl's ``TransformerModel`` (16 wide: s3prl tabulates its positions in Python, 0.5 s a
+    dimension) with perturbed random weights, saved in its pretraining runner's layout."""
+    ref, config = s3prl_config(layers)
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = 16, 2, 32
     options = {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
                "intermediate_size", "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
                "layer_norm_eps", "share_layer", "pre_layer_norm")}  # fmt: skip
-    ckpt = {"Config": {"transformer": options, "audio": S3PRL_AUDIO, "task": {"sequence_length": 0}},
-            "Transformer": theirs.state_dict()}  # fmt: skip
-    torch.save(ckpt, tmp_path / "states-1000.ckpt")
-    expert = expert_module.UpstreamExpert(str(tmp_path / "states-1000.ckpt")).eval()
-    ours = speechssl.load_upstream("mockingjay", ckpt=tmp_path / "states-1000.ckpt")
-    assert (ours.config.num_layers, ours.config.hidden_size, ours.config.front_end) == (2, 64, "log_mel")
-    tera = speechssl.load_upstream("tera", ckpt=tmp_path / "states-1000.ckpt")  # s3prl's TERA: the same layout
+    theirs = signals.perturbed(ref.TransformerModel(config, input_size), seed=0)
+    torch.save({"Config": {"transformer": options, "audio": audio, "task": {"sequence_length": 0}},
+                "Transformer": theirs.state_dict()}, path)  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("audio, input_size", [(S3PRL_AUDIO, 80), (S3PRL_KALDI, 240)], ids=["mel", "kaldi_fbank"])
+def test_s3prl_checkpoint_gives_s3prls_hidden_states_from_the_waveform(tmp_path, audio, input_size):
+    """s3prl's model with random weights in its runner's layout, read by its UpstreamExpert and by
+    load_upstream("mockingjay" or "tera", ckpt=); every hidden state of the same waveforms compared.
+
+    Ours run on a padded batch, s3prl's expert on each utterance alone: its mel output depends on
+    the batch (its STFT reflects the batch's zero padding at a short utterance's end, and its frame
+    count is rounded from the padded length), an utterance alone is what s3prl means it to get."""
+    expert_module = pytest.importorskip("s3prl.upstream.mockingjay.expert")
+    ckpt = s3prl_checkpoint(tmp_path / "states-1000.ckpt", audio=audio, input_size=input_size)
+    expert = expert_module.UpstreamExpert(str(ckpt)).eval()
+    ours = speechssl.load_upstream("mockingjay", ckpt=ckpt)
+    assert ours.config.front_end == ("fbank" if "kaldi" in audio else "log_mel")
+    tera = speechssl.load_upstream("tera", ckpt=ckpt)  # s3prl's TERA: the same layout
     torch.testing.assert_close(tera.state_dict(), ours.state_dict())
-    wavs, lengths = signals.padded_tones(torch.tensor([4000, 2650, 1337]))
-    listed = [wav[:n] for wav, n in zip(wavs, lengths)]
+    wavs, lengths = signals.padded_tones(torch.tensor([4000, 2650, 1337]), noise=0.01)
     with torch.no_grad():
-        expected = expert(listed)["hidden_states"]
-        t = expert.transformer  # s3prl's features of the same padded batch, as its forward makes them
-        x = torch.nn.utils.rnn.pad_sequence([t._normalize_wav_decibel(w) for w in listed], batch_first=True)
-        x = t.extracter(x.unsqueeze(1), wavs_len=lengths.tolist())[0]
-        frames = (x.sum(dim=-1) != 0).long().sum(dim=-1)
-        got = ours.encoder(x, frames).hidden_states
-    assert len(got) == len(expected) == 3
-    for a, b in zip(got, expected):
-        for i, n in enumerate(frames.tolist()):
-            torch.testing.assert_close(a[i, :n], b[i, :n], atol=1e-4, rtol=1e-4)
+        got = ours(wavs, lengths)
+        for b, n in enumerate(lengths.tolist()):
+            expected = expert([wavs[b, :n]])["hidden_states"]
+            assert len(got.hidden_states) == len(expected) == 3 and got.lengths[b] == expected[0].shape[1]
+            for a, e in zip(got.hidden_states, expected):
+                torch.testing.assert_close(a[b, : got.lengths[b]], e[0], atol=1e-4, rtol=1e-4)
+
+
+def test_s3prl_audio_options_we_do_not_reproduce_are_refused(tmp_path):
+    audio = {**S3PRL_AUDIO, "hop_ms": 20, "input": {**S3PRL_AUDIO["input"], "feat_type": "linear"}}
+    s3prl_checkpoint(tmp_path / "states.ckpt", audio=audio)
+    with pytest.raises(CheckpointError, match=r"hop_ms=20 \(we compute 10\), input.feat_type='linear'"):
+        speechssl.load_upstream("mockingjay", ckpt=tmp_path / "states.ckpt")
 
 
 def test_position_table_is_s3prls_formula():

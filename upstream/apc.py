@@ -8,7 +8,10 @@ prediction must pass through discrete codes.
 
 Input features as s3prl's APC pretraining (``pretrain/apc/config_model.yaml``):
 80-d Kaldi fbank (25 ms / 10 ms) with utterance CMVN, here over valid frames
-(:func:`speechssl.features.fbank`, :func:`speechssl.features.cmvn`).
+(:func:`speechssl.features.fbank`, :func:`speechssl.features.cmvn`). Our defaults
+are Kaldi's Povey window and CMVN by ``sqrt(var + 1e-5)``; s3prl's are a Hamming
+window and the unbiased std + 1e-10, which :func:`convert_s3prl` sets (``window``,
+``cmvn_*``), so an s3prl checkpoint gives s3prl's hidden states from the waveform.
 
 Where we differ from s3prl, deliberately: the loss counts valid frames only
 (s3prl averages over the padded batch, so its loss depends on the batch);
@@ -28,6 +31,7 @@ from speechssl import features
 from speechssl.errors import CheckpointError
 from speechssl.frames import frames_snip_edges
 from speechssl.interface import Features, Upstream, zero_padding
+from speechssl.interop import refuse_unreproduced
 from speechssl.masking import shift_targets
 from speechssl.objective import Objective
 from speechssl.registry import register
@@ -42,6 +46,11 @@ class APCConfig:
 
     num_mel_bins: int = 80
     cmvn: bool = True
+    # s3prl's fbank, set by convert_s3prl (the defaults are ours; see the module doc)
+    window: str = "povey"  # a Kaldi window (speechssl.features.KALDI_WINDOWS); s3prl: hamming
+    cmvn_eps: float = 1e-5
+    cmvn_unbiased: bool = False  # variance over T - 1 frames (s3prl)
+    cmvn_eps_on_std: bool = False  # (x - mean) / (std + eps) (s3prl), not / sqrt(var + eps)
     rnn: str = "gru"  # "gru" or "lstm"
     hidden_size: int = 512
     num_layers: int = 3
@@ -116,10 +125,12 @@ class APC(Upstream):
 
     def input_frames(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Checked ``(B, S)`` waveforms -> ``(B, T, num_mel_bins)`` normalised fbank, ``(B,)`` frames."""
+        config = self.config
         with torch.no_grad():
-            x, lengths = features.fbank(wavs, wav_lens, self.config.num_mel_bins)
-            if self.config.cmvn:
-                x = features.cmvn(x, lengths)
+            x, lengths = features.fbank(wavs, wav_lens, config.num_mel_bins, window=config.window)
+            if config.cmvn:
+                x = features.cmvn(x, lengths, eps=config.cmvn_eps, unbiased=config.cmvn_unbiased,
+                                  eps_on_std=config.cmvn_eps_on_std)  # fmt: skip
         return x, lengths
 
     def encoder(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None) -> Features:
@@ -200,7 +211,8 @@ def convert_s3prl(content: dict, overrides: dict) -> tuple[dict, dict[str, torch
     """An s3prl APC / VQ-APC checkpoint -> ``(config, state dict)``.
 
     s3prl's layout: ``config["model"]["paras"]`` (``num_layers``, ``hidden_size``,
-    ``dropout``, ``residual``, ``vq``), ``config["data"]["audio"]`` (its fbank) and the
+    ``dropout``, ``residual``, ``vq``), ``config["data"]["audio"]`` (its fbank: Kaldi's with a
+    Hamming window, then CMVN by the unbiased std + 1e-10, which our options reproduce) and the
     weights of its ``APC`` under ``model``. s3prl's VQ layers quantize the last layer's
     output, one per slice of it: our VQ groups. The postnet (the objective's) is left out.
     """
@@ -211,9 +223,16 @@ def convert_s3prl(content: dict, overrides: dict) -> tuple[dict, dict[str, torch
             "not an s3prl APC checkpoint (expected config.model.paras and the 'model' weights of its APC); "
             f"found keys {', '.join(map(str, content))}"
         )
-    audio = config.get("data", {}).get("audio", {})
+    audio = dict(config.get("data", {}).get("audio", {}))
+    found = {k: audio.pop(k, v) for k, v in (("feat_type", None), ("frame_length", 25), ("frame_shift", 10), ("dither", 0.0))}
+    for key in ("feat_dim", "cmvn", "decode_wav"):  # s3prl's create_transform takes these; the rest go to kaldi.fbank
+        found[key] = audio.pop(key, None)
+    expected = {"feat_type": "fbank", "frame_length": 25, "frame_shift": 10, "dither": 0.0}
+    refuse_unreproduced(found, expected, audio, "s3prl APC audio options")
     L, H = paras["num_layers"], paras["hidden_size"]
-    ours = dict(num_mel_bins=theirs["rnn_layers.0.weight_ih_l0"].shape[1], cmvn=bool(audio.get("cmvn", True)), rnn="gru",
+    ours = dict(num_mel_bins=theirs["rnn_layers.0.weight_ih_l0"].shape[1], rnn="gru",
+                cmvn=found["cmvn"] is None or bool(found["cmvn"]),  # s3prl's default: True
+                window="hamming", cmvn_eps=1e-10, cmvn_unbiased=True, cmvn_eps_on_std=True,
                 hidden_size=H, num_layers=L, dropout=paras.get("dropout", 0.1), residual=bool(paras.get("residual", True)))  # fmt: skip
     state = {f"rnns.{k[len('rnn_layers.'):]}": v for k, v in theirs.items() if k.startswith("rnn_layers.")}
     vq = paras.get("vq")
