@@ -22,8 +22,10 @@ holds the query or not; no time alignment):
 
 over the queries with at least one occurrence, a pair detected when its score is >=
 theta. ``beta = 999.9`` is NIST's ``C/V * (1/P_target - 1)`` with ``C/V = 0.1`` and
-``P_target = 1e-4``. MTWV is the maximum over theta (0 when detecting nothing is best);
-ATWV is TWV at the system's own threshold (s3prl's is 2.0 on the standardised scores).
+``P_target = 1e-4``; the scorer QUESST 2014 ships (``scoring/score-TWV-Cnxe.sh``) sets its
+own costs and prior, which we could not check, so pass ``beta`` to match it. MTWV is the
+maximum over theta (0 when detecting nothing is best); ATWV is TWV at the system's own
+threshold (s3prl's is 2.0 on the standardised scores, a pair detected when above it).
 """
 
 from __future__ import annotations
@@ -230,7 +232,7 @@ class QueryByExample(Task):
             "test": {m: ratio(outcomes) for m, ratio in self.ratios.items()},
             "outcomes": outcomes,
             "outcome_ids": ids,
-            "layer": chosen,
+            "chosen_layer": chosen,  # SUPERB reports QbE by its best layer: the one best on dev
             "dev_mtwv_by_layer": {str(k): v for k, (v, _) in zip(layers, dev_values)},
             "thresholds": {"dev": dev_threshold, "test": test_threshold},
         }
