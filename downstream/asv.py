@@ -164,7 +164,8 @@ class SpeakerVerification(Task):
     resources = ("asv_trials",)
     columns = ("speaker",)
     metric = "eer"
-    metrics = {"eer": Metric("EER", higher_is_better=False), "min_dcf": Metric("minDCF", higher_is_better=False, unit="")}
+    metrics = {"eer": Metric("EER", higher_is_better=False),
+               "min_dcf": Metric("minDCF", higher_is_better=False, unit="")}
 
     def fit(self, rows: list[dict]) -> None:
         self.check_rows(rows, "the training set")

@@ -169,7 +169,8 @@ def benchmark(
     if source != "hidden_states":
         if source not in upstream.extra_sizes:
             known = ", ".join(["hidden_states", *upstream.extra_sizes])
-            raise ConfigError(f"featurizer.source={source}: upstream '{upstream.name}' has no such output; it has {known}")
+            raise ConfigError(
+                f"featurizer.source={source}: upstream '{upstream.name}' has no such output; it has {known}")
         if trainable or not isinstance(task, UtteranceClassification):
             raise ConfigError(
                 f"featurizer.source={source}: a per-utterance output serves frozen utterance-level tasks "
@@ -203,7 +204,7 @@ def benchmark(
         torch.set_num_threads(threads)
     if not task.trains_head:
         scored = task.score_untrained({s: data[s] for s in task.splits}, layer=layer)
-        return _write_results(run_dir, task, upstream, corpus, rows, scored, info, lr=None, step=0, layer=scored.get("layer", layer),
+        return _write_results(run_dir, task, upstream, corpus, rows, scored, info, lr=None, step=0, layer=layer,
                               source=source, layer_weights=None, trainable=False, init=init, init_seed=init_seed)
 
     normalize = normalize and not trainable

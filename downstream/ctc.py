@@ -167,7 +167,8 @@ class SlotFilling(CTCTask):
     Config = RecurrentCTCConfig
     columns = ("text", "tags")
     metric = "f1"
-    metrics = {"f1": Metric("slot-type F1", higher_is_better=True), "cer": Metric("slot-value CER", higher_is_better=False)}
+    metrics = {"f1": Metric("slot-type F1", higher_is_better=True),
+               "cer": Metric("slot-value CER", higher_is_better=False)}
     ratios = {"f1": Ratio("matched_twice", "slots"), "cer": Ratio("value_char_errors", "value_chars")}
     lstm_layers = 2
     SPACE = "|"

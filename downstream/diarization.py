@@ -71,7 +71,8 @@ def read_rttm(path: str | Path, file_id: str) -> list[tuple[str, float, float]]:
     return turns
 
 
-def activity(turns: list[tuple[str, float, float]], speakers: list[str], frames: int, frame_rate: float) -> torch.Tensor:
+def activity(turns: list[tuple[str, float, float]], speakers: list[str], frames: int,
+             frame_rate: float) -> torch.Tensor:
     """``(frames, len(speakers))`` 0/1: a frame is active when its centre lies in a turn of the speaker."""
     centres = (torch.arange(frames, dtype=torch.float64) + 0.5) / frame_rate
     labels = torch.zeros(frames, len(speakers))

@@ -202,6 +202,9 @@ def read_run(path: Path) -> BenchmarkRun | None:
     scores = {}
     for split in ("dev", "test"):
         values = field(split, dict)
+        if split == "dev" and not values:  # a task without a dev split (ASV): nothing chosen on dev
+            scores[split] = math.nan
+            continue
         if not isinstance(values.get(metric), (int, float)) or isinstance(values.get(metric), bool):
             raise ConfigError(f"{path}: '{split}.{metric}' should be a number, found {values.get(metric)!r}")
         scores[split] = float(values[metric])
@@ -221,7 +224,8 @@ def read_run(path: Path) -> BenchmarkRun | None:
     if init not in ("pretrained", "random"):
         raise ConfigError(f"{path}: 'init' should be \"pretrained\" or \"random\", found {init!r}")
     info = (field("metrics", dict, optional=True) or {}).get(metric) or {}
-    if not isinstance(info, dict) or not isinstance(info.get("label", ""), str) or info.get("unit", "%") not in ("%", ""):
+    if (not isinstance(info, dict) or not isinstance(info.get("label", ""), str)
+            or info.get("unit", "%") not in ("%", "")):
         raise ConfigError(f"{path}: 'metrics.{metric}' should be {{label, higher_is_better, unit: '%' or ''}}, "
                           f"found {info!r}")
     return BenchmarkRun(

@@ -112,7 +112,8 @@ def results_tables(bench: Benchmark) -> str:
         "Each cell: the **test** score of the run with the best **dev** score among the learning rates tried "
         "for that upstream and task (SUPERB's protocol); ↑ higher is better, ↓ lower is better; "
         "the best upstream of each column in bold (none where all tie); –: not run; "
-        "[low–high]: the 95% percentile-bootstrap interval over the test utterances (1000 resamples); "
+        "[low–high]: the 95% percentile-bootstrap interval over the scored test items "
+        "(utterances; ASV's trials, QbE's queries; 1000 resamples); "
         "a random-init control with several init seeds: their mean ± standard deviation, the lr chosen per seed; "
         "*chance*: the task's chance level, as its runs report it."
     )

@@ -356,3 +356,17 @@ def test_the_report_takes_a_task_metric_description_from_results(tmp_path):
     assert [c.strip() for c in header.strip("|").split("|")] == ["upstream", "TOY MSE ↓", "KS accuracy ↑"]  # order 0 first
     cells = next(line for line in lines if line.startswith("| fbank"))
     assert "3.25" in cells and "3.25%" not in cells and "41.00%" in cells
+
+
+def test_a_task_without_dev_split_is_reported(tmp_path):
+    """ASV scores its last checkpoint: no dev metric, and the table still shows its test score."""
+    root = tmp_path / "runs"
+    write_run(root / "asv", "fbank", "ks", 1e-3, dev=0.40, test=0.41, layers=1, curves=False)
+    run = json.loads((root / "asv" / "results.json").read_text())
+    run.update(task="asv", metric="eer", higher_is_better=False, order=8, chance=0.5, dev={},
+               test={"eer": 0.125, "min_dcf": 0.5}, metrics={"eer": {"label": "EER", "higher_is_better": False,
+                                                                      "unit": "%"}})
+    (root / "asv" / "results.json").write_text(json.dumps(run))
+    lines = results_tables(load_benchmark(root)).splitlines()
+    assert "ASV EER ↓" in next(line for line in lines if line.startswith("| upstream"))
+    assert "12.50%" in next(line for line in lines if line.startswith("| fbank"))

@@ -25,10 +25,11 @@ from speechssl.errors import ConfigError
 
 
 def test_every_task_declares_the_protocol():
-    assert set(list_tasks()) >= {"pr", "ks", "ic", "sid", "er", "asr", "asv", "sd", "sf"}
+    assert set(list_tasks()) >= {"pr", "ks", "ic", "sid", "er", "asr", "asv", "sd", "sf", "qbe"}
     for name in list_tasks():
         cls = task_class(name)
-        assert issubclass(cls, Task) and cls.metric in cls.metrics and set(cls.splits) >= {"test"}
+        assert issubclass(cls, Task) and cls.metric in cls.metrics
+        assert "test" in cls.splits or {"test_queries", "test_docs"} <= set(cls.splits)
         assert all(info.unit in ("%", "") for info in cls.metrics.values())
     assert get_task("asv").splits == ("train", "test") and get_task("asv").resources == ("asv_trials",)
     with pytest.raises(ConfigError, match="task 'asv' needs the corpus resource.s. asv_trials"):
@@ -132,8 +133,8 @@ def test_frame_activity_and_permutation_invariant_loss():
     assert permutation_invariant_bce(logits, swapped, lengths) == pytest.approx(loss.item())
     by_hand = []
     for b, n in enumerate(lengths.tolist()):
-        by_hand.append(min(torch.nn.functional.binary_cross_entropy_with_logits(logits[b, :n], target[b, :n][:, p]).item()
-                           for p in itertools.permutations(range(3))))
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        by_hand.append(min(bce(logits[b, :n], target[b, :n][:, p]).item() for p in itertools.permutations(range(3))))
     assert loss.item() == pytest.approx(np.mean(by_hand), rel=1e-6)
     padded = logits.clone()
     padded[1, 4:] = 50.0  # padding never scored
@@ -195,7 +196,8 @@ def test_libri2mix_reads_its_kaldi_folders(tmp_path):
     (split / "rttm").write_text("SPEAKER mix1 1 0.10 0.50 <NA> <NA> 19 <NA> <NA>\n"
                                 "SPEAKER mix1 1 0.40 0.50 <NA> <NA> 26 <NA> <NA>\n")
     rows = corpus_manifest("libri2mix", tmp_path, "sd", "test")
-    assert [(r["id"], r["num_samples"], r["speaker"], r["num_speakers"]) for r in rows] == [("mix1", 16000, "19,26", "2")]
+    assert [(r["id"], r["num_samples"], r["speaker"], r["num_speakers"]) for r in rows] == [
+        ("mix1", 16000, "19,26", "2")]
     assert read_rttm(rows[0]["rttm"], "mix1") == [("19", 0.1, 0.6), ("26", 0.4, 0.9)]
     with pytest.raises(ConfigError, match="dev: no such file or folder .Libri2Mix Kaldi-style dev folder"):
         corpus_manifest("libri2mix", tmp_path, "sd", "dev")

@@ -98,7 +98,8 @@ def manifest(root: Path, task: str, split: str, *, language: str | None = "nneng
     """Rows of one of the QbE task's splits: ``dev_queries``, ``dev_docs``, ``test_queries``, ``test_docs``."""
     name, _, kind = split.partition("_")
     if name not in QBE_SPLITS or kind not in ("queries", "docs"):
-        raise ConfigError(f"corpus '{NAME}': unknown split '{split}'; known: dev_queries, dev_docs, test_queries, test_docs")
+        raise ConfigError(
+            f"corpus '{NAME}': unknown split '{split}'; known: dev_queries, dev_docs, test_queries, test_docs")
     qbe = load(root, name, language=language)
     return qbe.queries if kind == "queries" else qbe.documents
 
