@@ -144,6 +144,7 @@ def maximum_term_weighted_value(
 class QbEConfig(TaskConfig):
     distance: str = "cosine_exp"  # speechssl.dtw's frame distance (s3prl's QUESST recipe)
     max_cells: int = 2**24  # DTW working memory bound (cells of one block)
+    beta: float = BETA  # TWV's false-alarm weight: NIST STD 2006's 999.9 (QUESST 2014's own constants unverified)
 
 
 @register_task
@@ -214,19 +215,20 @@ class QueryByExample(Task):
                 raise ConfigError(f"layer={layer}: the upstream has hidden states 0..{num_states - 1}")
             layers = [int(layer)]
         dev_scores = self.layer_scores(data, "dev", layers)
-        dev_values = [maximum_term_weighted_value(s, dev.targets()) for s in dev_scores]
+        beta = self.config.beta
+        dev_values = [maximum_term_weighted_value(s, dev.targets(), beta) for s in dev_scores]
         best = max(range(len(layers)), key=lambda i: dev_values[i][0])  # the first of ties
         chosen, (dev_mtwv, dev_threshold) = layers[best], dev_values[best]
         test_scores = self.layer_scores(data, "test", [chosen])[0]
         targets = test.targets()
-        _, test_threshold = maximum_term_weighted_value(test_scores, targets)
+        _, test_threshold = maximum_term_weighted_value(test_scores, targets, beta)
         outcomes, ids = [], []
         for q, row in enumerate(test.queries):
             if not bool(targets[q].any()):
                 continue
             ids.append(row["id"])
-            outcomes.append({"twv": query_twv(test_scores[q], targets[q], test_threshold),
-                             "twv_at_dev_threshold": query_twv(test_scores[q], targets[q], dev_threshold)})
+            outcomes.append({"twv": query_twv(test_scores[q], targets[q], test_threshold, beta),
+                             "twv_at_dev_threshold": query_twv(test_scores[q], targets[q], dev_threshold, beta)})
         return {
             "dev": {"mtwv": dev_mtwv},
             "test": {m: ratio(outcomes) for m, ratio in self.ratios.items()},
