@@ -24,7 +24,7 @@ import safetensors.torch
 import torch
 from safetensors.torch import load_file
 
-from speechssl.errors import CheckpointError, first_line
+from speechssl.errors import CheckpointError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def check_writable(folder: str | os.PathLike, key: str) -> None:
+    """Make ``folder`` and write a file there, or raise :class:`ConfigError` naming the config
+    ``key`` (``output``, ``cache.dir``): called before any input is read."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"{key}={folder}: cannot write there ({e.strerror or e}); choose a folder you can write, {key}=DIR"
+        ) from e
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from speechssl.checkpoint import atomic_write, save_tensors
+from speechssl.checkpoint import atomic_write, check_writable, save_tensors
 from speechssl.data.audio import (
     SAMPLE_RATE,
     collate,
@@ -95,7 +94,7 @@ def extract(
     if codes:
         _check_codes(upstream, device)
     output = Path(output)
-    _check_writable(output)
+    check_writable(output, "output")
     earlier = _earlier_rows(output, upstream.name, str(layer), overwrite)
     report = ExtractReport()
 
@@ -187,18 +186,6 @@ def _named_outputs(feats, featurizer, codes: bool) -> dict[str, torch.Tensor]:
     if codes:
         named["codes"] = feats.extra["codes"]  # (B, T, G) int64
     return named
-
-
-def _check_writable(output: Path) -> None:
-    """Refuse an output folder that cannot be made or written, before any audio is read."""
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output):
-            pass
-    except OSError as e:
-        raise ConfigError(
-            f"output={output}: cannot write there ({e.strerror or e}); choose a folder you can write, output=DIR"
-        ) from e
 
 
 def _earlier_rows(output: Path, name: str, layer: str, overwrite: bool) -> list[list]:

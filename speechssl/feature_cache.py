@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from speechssl.checkpoint import atomic_write, save_tensors
+from speechssl.checkpoint import atomic_write, check_writable, save_tensors
 from speechssl.data.audio import SAMPLE_RATE, collate
 from speechssl.data.manifest import load_utterance
 from speechssl.data.sampler import plan_batches
@@ -78,7 +78,7 @@ class FeatureCache:
         self.upstream = upstream
         self.dtype, self.device, self.batch_seconds = dtype, device, batch_seconds
         self.folder = Path(root) / f"{upstream.name}-{upstream_fingerprint(upstream, dtype)}" / corpus
-        self.folder.mkdir(parents=True, exist_ok=True)
+        check_writable(self.folder, "cache.dir")  # before any audio is read
         index_file = self.folder / "index.json"
         self.index: dict[str, dict] = json.loads(index_file.read_text()) if index_file.exists() else {}
         self._open: dict[str, object] = {}

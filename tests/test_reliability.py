@@ -21,6 +21,7 @@ from speechssl.data.audio import audio_info, load_audio
 from speechssl.data.dataset import AudioDataset, CropConfig, Utterance
 from speechssl.errors import AudioError, CheckpointError, ConfigError, TrainingError
 from speechssl.extract import extract
+from speechssl.feature_cache import FeatureCache
 from speechssl.registry import build_upstream
 from speechssl.trainer import Trainer, TrainerConfig
 
@@ -289,10 +290,12 @@ def test_an_unwritable_output_is_refused_before_any_audio_is_read(tmp_path, monk
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(extract_module.tempfile, "TemporaryFile", denied)
+    monkeypatch.setattr(checkpoint.tempfile, "TemporaryFile", denied)
     with pytest.raises(ConfigError, match=r"output=.*out: cannot write there \(Permission denied\)"):
         extract(build_upstream("mfcc"), tmp_path / "a", tmp_path / "out")
     assert read == []
+    with pytest.raises(ConfigError, match=r"^cache.dir=.*cache/mfcc-[0-9a-f]{16}/corpus: cannot write there \(Permission denied\)"):
+        FeatureCache(tmp_path / "cache", build_upstream("mfcc"), "corpus")
 
 
 def test_too_long_inputs_are_refused_from_their_header(tmp_path, monkeypatch):
