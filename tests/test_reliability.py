@@ -379,3 +379,29 @@ def test_sigkill_at_random_moments_never_corrupts_a_checkpoint(tmp_path):
     assert final["a"].keys() == final["b"].keys()
     assert all(torch.equal(final["a"][k], final["b"][k]) for k in final["a"])
     print("left by the kills:", leftovers)  # partial step folders and trash: kills that hit a write or a pruning (-s shows it)
+
+
+def test_the_progress_bar_counts_audio_once_it_is_processed(tmp_path, monkeypatch):
+    import speechssl.extract as extract_module
+
+    events = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            events.append(("total", total))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, seconds):
+            events.append(("update", seconds))
+
+    monkeypatch.setattr(extract_module, "tqdm", Bar)
+    write_clips(tmp_path / "a", seconds=(0.5, 0.5, 1.0))
+    upstream = build_upstream("mfcc")
+    upstream.register_forward_hook(lambda *args: events.append(("forward",)))
+    extract(upstream, tmp_path / "a", tmp_path / "out", batch_seconds=1.0)  # two batches: 1 s and 2 x 0.5 s
+    assert events == [("total", 2.0), ("forward",), ("update", 1.0), ("forward",), ("update", 1.0)]
