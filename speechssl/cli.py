@@ -50,6 +50,8 @@ def upstream_from_config(cfg):
 
     init, seed = init_from_config(cfg)
     name, ckpt, node = upstream_node(cfg)
+    if init == "random" and name.startswith("s3prl:"):
+        raise ConfigError(f"init=random: upstream '{name}' is s3prl's own model, which has no random-init control here")
     if ckpt is not None:
         explicit = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
         node = {k: v for k, v in node.items() if f"upstream.{k}" in explicit}
@@ -82,6 +84,8 @@ def upstream_node(cfg) -> tuple[str, Optional[str], dict]:
     node = OmegaConf.to_container(cfg.upstream, resolve=True)
     name, ckpt = node.pop("name"), node.pop("ckpt", None)
     node.pop("trainable", None)
+    if name.startswith("s3prl:"):  # configs/upstream/s3prl.yaml: the expert is in the name, s3prl:EXPERT
+        node.pop("expert", None)
     if name in SCHEMA_ERRORS:
         raise ConfigError(SCHEMA_ERRORS[name])
     return name, ckpt, node
@@ -422,6 +426,10 @@ def _register_schemas() -> None:
             store.store(group="upstream_schema", name=name, node={"name": name, "ckpt": None, "trainable": False})
             continue
         store.store(group="upstream_schema", name=name, node=schema)
+    from speechssl.s3prl_bridge import S3PRLConfig  # upstream=s3prl: s3prl's own experts, through the bridge
+
+    bridge = [("name", str, dataclasses.field(default="s3prl")), ("trainable", bool, False)]
+    store.store(group="upstream_schema", name="s3prl", node=dataclasses.make_dataclass("S3PRLNode", bridge, bases=(S3PRLConfig,)))
 
 
 def init_tag(init: str, seed: Optional[int] = None) -> str:

@@ -9,14 +9,20 @@ imports on its own, and that is all the bridge imports.
 The checkpoint is read by :func:`speechssl.safe_pickle.load` before s3prl sees it, and
 s3prl's own ``torch.load`` calls are routed through it while the expert is built: a
 pickle that would run code is refused, whatever s3prl asks for.
+
+From the command line: ``upstream=s3prl upstream.expert=NAME upstream.ckpt=PATH``
+(``configs/upstream/s3prl.yaml``, whose ``name`` is ``s3prl:NAME``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 from unittest import mock
 
 import torch
@@ -32,7 +38,15 @@ class S3PRLConfig:
     """Which s3prl upstream (``s3prl/upstream/EXPERT``) and its checkpoint."""
 
     expert: str = ""
-    ckpt: str = ""
+    ckpt: Optional[str] = None
+
+
+def s3prl_experts() -> list[str]:
+    """The upstreams of the installed s3prl: each ``s3prl/upstream/NAME`` with an ``expert.py``."""
+    spec = importlib.util.find_spec("s3prl")
+    if spec is None or spec.origin is None:
+        raise ConfigError("the s3prl bridge needs s3prl: `pip install --no-deps s3prl` (or the s3prl extra)")
+    return sorted(p.parent.name for p in (Path(spec.origin).parent / "upstream").glob("*/expert.py"))
 
 
 class S3PRLUpstream(Upstream):
@@ -63,15 +77,20 @@ class S3PRLUpstream(Upstream):
         """s3prl's upstream ``expert`` with the weights of ``ckpt`` (s3prl's checkpoint of that model)."""
         if overrides:
             raise ConfigError(f"s3prl:{expert}: config keys {', '.join(sorted(overrides))} do not apply to an s3prl upstream")
+        known = s3prl_experts()
+        if not expert:
+            raise ConfigError(f"the s3prl bridge needs an expert: s3prl:NAME (upstream.expert=NAME); known: {', '.join(known)}")
+        if expert not in known:
+            raise ConfigError(f"unknown s3prl expert '{expert}' (no s3prl/upstream/{expert}/expert.py); known: {', '.join(known)}")
         if ckpt is None:
-            raise ConfigError(f"s3prl:{expert} needs ckpt=PATH, s3prl's checkpoint of that upstream")
+            raise ConfigError(f"s3prl:{expert} needs its s3prl checkpoint: ckpt=PATH (upstream.ckpt=PATH on the command line)")
         safe_pickle.load(ckpt)  # refused here if it asks for code, before s3prl reads it
         try:
             module = importlib.import_module(f"s3prl.upstream.{expert}.expert")
         except ImportError as e:
             raise ConfigError(
-                f"s3prl:{expert}: cannot import s3prl.upstream.{expert}.expert ({e}); install s3prl with "
-                "`pip install --no-deps s3prl` and check the upstream's name"
+                f"s3prl:{expert}: cannot import s3prl.upstream.{expert}.expert ({e}): s3prl is installed without "
+                "its dependencies, and this upstream needs one that is missing"
             ) from e
         with _safe_torch_load():
             model = module.UpstreamExpert(str(ckpt))

@@ -312,3 +312,30 @@ def test_s3prl_bridge_refuses_code_before_s3prl_reads_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="'posix.system', which is not allowed"):
         speechssl.load_upstream("s3prl:apc", ckpt=tmp_path / "evil.ckpt")
     assert not target.exists()
+
+
+def test_speechssl_extract_runs_an_s3prl_expert(tmp_path):
+    """``speechssl extract upstream=s3prl upstream.expert=mockingjay upstream.ckpt=PATH`` (the
+    command, in a subprocess) writes the bridge's hidden states; an unknown expert names the known."""
+    pytest.importorskip("s3prl.upstream.mockingjay.expert")
+    import soundfile as sf
+    from safetensors import safe_open
+
+    ckpt = s3prl_mockingjay_checkpoint(tmp_path / "mj.ckpt")
+    sf.write(tmp_path / "a.wav", signals.tones(1, 0.5)[0].numpy(), 16000)
+    run = subprocess.run(
+        [sys.executable, "-m", "speechssl.cli", "extract", "upstream=s3prl", "upstream.expert=mockingjay",
+         f"upstream.ckpt={ckpt}", "input=a.wav", "output=out", f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    bridge = speechssl.load_upstream("s3prl:mockingjay", ckpt=ckpt)
+    with torch.no_grad():
+        expected = bridge(speechssl.load_audio(tmp_path / "a.wav")[None]).hidden_states
+    with safe_open(tmp_path / "out" / "a.safetensors", "pt") as f:
+        assert f.metadata()["upstream"] == "s3prl:mockingjay"
+        assert len(list(f.keys())) == len(expected) == 2
+        for i, e in enumerate(expected):
+            torch.testing.assert_close(f.get_tensor(f"hidden_state_{i:02d}"), e[0], atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match=r"unknown s3prl expert 'mockingjy' .*; known: .*\bmockingjay\b"):
+        speechssl.load_upstream("s3prl:mockingjy", ckpt=ckpt)

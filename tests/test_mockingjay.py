@@ -91,10 +91,10 @@ S3PRL_KALDI = {"kaldi": {"feat_type": "fbank", "fbank": {"num_mel_bins": 80, "fr
 
 
 def s3prl_checkpoint(path, layers=2, audio=S3PRL_AUDIO, input_size=80):
-    """s3prl's ``TransformerModel`` (16 wide: s3prl tabulates its positions in Python, 0.5 s a
+    """s3prl's ``TransformerModel`` (8 wide: s3prl tabulates its positions in Python, 0.12 s a
     dimension) with perturbed random weights, saved in its pretraining runner's layout."""
     ref, config = s3prl_config(layers)
-    config.hidden_size, config.num_attention_heads, config.intermediate_size = 16, 2, 32
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = 8, 2, 16
     options = {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
                "intermediate_size", "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
                "layer_norm_eps", "share_layer", "pre_layer_norm")}  # fmt: skip
