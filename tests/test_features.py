@@ -4,6 +4,7 @@ import librosa
 import numpy as np
 import pytest
 import torch
+import torchaudio
 import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 
@@ -90,6 +91,40 @@ def test_cmvn_ignores_padding():
     torch.testing.assert_close(out[1, :20], ref)
     assert (out[1, 20:] == 0).all()
     torch.testing.assert_close(out[0].mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("window", sorted(features.KALDI_WINDOWS))
+def test_fbank_window_is_kaldis(batch, window):
+    wavs, padded, lens = batch
+    feats, frame_lens = features.fbank(padded, lens, 40, window=window)
+    ref = kaldi.fbank(wavs[1][None], num_mel_bins=40, window_type=window)
+    torch.testing.assert_close(feats[1, : frame_lens[1]], ref, atol=1e-3, rtol=0)
+
+
+def test_log_mel_as_torchaudio_melscale_on_each_utterance_reflected_alone(batch):
+    """s3prl's mel: ``torch.stft(center=True, pad_mode="reflect")`` of each utterance alone, torchaudio's
+    ``MelScale`` (HTK, no norm), ``log(mel + 1e-10)``; the batch's zero padding is never reflected."""
+    wavs, padded, lens = batch
+    feats, frame_lens = features.log_mel(padded, lens, 80, mel_scale="htk", mel_norm=None, pad_mode="reflect", log_offset=1e-10)
+    melscale = torchaudio.transforms.MelScale(n_mels=80, sample_rate=16000)
+    for i, w in enumerate(wavs):
+        spec = torch.stft(w, 400, 160, window=torch.hann_window(400), center=True, pad_mode="reflect", return_complex=True)
+        ref = (melscale(spec.abs().pow(2)) + 1e-10).log().T
+        assert frame_lens[i] == ref.shape[0]
+        torch.testing.assert_close(feats[i, : frame_lens[i]], ref, atol=1e-3, rtol=0)
+        assert (feats[i, frame_lens[i] :] == 0).all()
+
+
+def test_s3prls_cmvn_and_level():
+    g = torch.Generator().manual_seed(1)
+    x, lengths = torch.randn(2, 50, 4, generator=g) * 3 + 5, torch.tensor([50, 20])
+    out = features.cmvn(x, lengths, eps=1e-10, unbiased=True, eps_on_std=True)
+    valid = x[1, :20]
+    torch.testing.assert_close(out[1, :20], (valid - valid.mean(0)) / (valid.std(0) + 1e-10))  # s3prl's CMVN
+    wavs = torch.randn(2, 800, generator=g) * (torch.arange(800) < torch.tensor([[800], [300]]))
+    louder = features.rms_normalize(wavs, torch.tensor([800, 300]), -25.0)
+    torch.testing.assert_close(louder[1, :300].pow(2).mean().sqrt(), torch.tensor(10 ** (-25 / 20)))
+    assert (louder[1, 300:] == 0).all()
 
 
 def test_compute_deltas_is_per_utterance():
