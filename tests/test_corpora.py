@@ -44,15 +44,19 @@ def test_registry_lists_every_corpus_and_its_tasks():
         "voxceleb1",
         "fluent_speech_commands",
         "iemocap",
+        "libri2mix",
+        "quesst14",
     }
     assert corpus_tasks("librispeech") == ["asr", "pr"]
     assert corpus_tasks("speech_commands") == ["ks"]
-    assert corpus_tasks("voxceleb1") == ["sid"]
+    assert corpus_tasks("voxceleb1") == ["sid", "asv"]
+    assert corpus_tasks("libri2mix") == ["sd"] and corpus_tasks("quesst14") == ["qbe"]
     assert corpus_tasks("fluent_speech_commands") == ["ic"]
     assert corpus_tasks("iemocap") == ["er"]
 
 
-@pytest.mark.parametrize("config", ["librispeech", "speech_commands", "voxceleb1", "fluent_speech_commands", "iemocap"])
+@pytest.mark.parametrize("config", ["librispeech", "speech_commands", "voxceleb1", "fluent_speech_commands", "iemocap",
+                                    "libri2mix", "quesst14"])
 def test_data_config_names_the_corpus_and_its_options(config):
     data = yaml.safe_load((Path(__file__).parents[1] / "configs" / "data" / f"{config}.yaml").read_text())
     assert data["name"] == config and data["root"] == "???"
@@ -68,7 +72,7 @@ def test_unknown_corpus_lists_the_known_ones(tmp_path):
 
 @pytest.mark.parametrize(
     "name, task, provided",
-    [("voxceleb1", "asr", "sid"), ("speech_commands", "er", "ks"), ("librispeech", "ks", "asr, pr"),
+    [("voxceleb1", "asr", "sid, asv"), ("speech_commands", "er", "ks"), ("librispeech", "ks", "asr, pr"),
      ("fluent_speech_commands", "sid", "ic"), ("iemocap", "ic", "er")],
 )  # fmt: skip
 def test_task_the_corpus_has_no_labels_for(tmp_path, name, task, provided):

@@ -109,9 +109,10 @@ def read_table(path: Path, what: str) -> list[dict]:
 
 
 def superb_lite_tasks(root: Path) -> list[str]:
-    """The sub-folders of a SUPERB-lite root that hold a task's manifests."""
+    """The sub-folders of a SUPERB-lite root that hold a task's manifests (``pretrain`` holds audio, no task)."""
     first = ("train", "test", "dev_queries")  # a manifest every task's folder has
-    return sorted(d.name for d in Path(root).iterdir() if d.is_dir() and any((d / f"{s}.tsv").is_file() for s in first))
+    return sorted(d.name for d in Path(root).iterdir()
+                  if d.is_dir() and d.name != "pretrain" and any((d / f"{s}.tsv").is_file() for s in first))
 
 
 CORPORA: dict[str, Corpus] = {
