@@ -485,9 +485,12 @@ def main(argv: list[str] | None = None) -> int:
             log.error("missing value for '%s': set it as %s=...", e.full_key, e.full_key)
             status = 2
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("%s: the disk is full (%s); free space and run the same command again", e.filename, e.strerror)
+            elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and e.filename:
+                log.error("%s: %s; choose a path you can write, or change its permissions", e.filename, e.strerror)
+            else:
                 raise
-            log.error("%s: the disk is full (%s); free space and run the same command again", e.filename, e.strerror)
             status = 1
 
     _register_schemas()

@@ -112,6 +112,24 @@ def test_a_full_disk_during_pretraining_is_one_line_in_the_run_log(tmp_path, mon
     assert not list((run / "checkpoints").glob(".step_*"))
 
 
+def test_a_full_disk_or_a_denied_write_anywhere_in_a_command_is_one_line(tmp_path, monkeypatch):
+    import speechssl.cli as cli
+
+    for error, message in [(OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl"),
+                            "/runs/x/metrics.jsonl: the disk is full (No space left on device); free space"),
+                           (PermissionError(errno.EACCES, "Permission denied", "/shared/cache"),
+                            "/shared/cache: Permission denied; choose a path you can write")]:
+        def fail(cfg, error=error):
+            raise error
+
+        monkeypatch.setitem(cli.COMMANDS, "synth", (fail, ""))
+        run = tmp_path / str(error.errno)
+        assert cli.main(["synth", f"hydra.run.dir={run}"]) == 1
+        logging.shutdown()
+        text = (run / "synth.log").read_text()
+        assert message in text and "Traceback" not in text
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
 def test_files_are_as_readable_as_the_umask_allows(tmp_path, monkeypatch, umask, mode):
     monkeypatch.setattr(checkpoint, "_UMASK", umask)
