@@ -240,7 +240,7 @@ def test_task_without_labels_in_corpus(superb_lite_tiny, tmp_path):
     with pytest.raises(ConfigError, match=r"task 'er' needs label column\(s\) emotion"):
         benchmark(speechssl.load_upstream("fbank"), "er", ks_rows, FEW_STEPS, tmp_path / "r",
                   corpus="superb_lite", cache_dir=tmp_path / "c")
-    with pytest.raises(ConfigError, match="unknown task 'kws'; known: asr, er, ic, ks, pr, sid"):
+    with pytest.raises(ConfigError, match="unknown task 'kws'; known: asr, asv, er, ic, ks, pr, qbe, sd, sf, sid"):
         get_task("kws")
     assert set(list_tasks()) >= {"asr", "er", "ic", "ks", "pr", "sid"}
 
@@ -318,7 +318,7 @@ def test_asr_can_select_and_report_cer(superb_lite_tiny, tmp_path):
     assert results["metrics"]["cer"] == {"label": "CER", "higher_is_better": False, "unit": "%"}
     with pytest.raises(ConfigError, match="task 'asr' has no metric 'bleu'; it has wer, cer"):
         get_task("asr", metric="bleu")
-    with pytest.raises(ConfigError, match="task 'asr': unknown option.s. metrc; known: metric"):
+    with pytest.raises(ConfigError, match="task 'asr': unknown option.s. metrc; known: hidden, metric"):
         get_task("asr", metrc="cer")
 
 
