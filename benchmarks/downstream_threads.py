@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 import speechssl
+from hostinfo import machine
 from downstream.task import get_task
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -104,18 +104,6 @@ def packed_vs_padded(runs: int) -> tuple[float, float]:
             step()
             times[step].append(time.perf_counter() - start)
     return statistics.median(times[packed]) * 1000, statistics.median(times[padded]) * 1000
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import time
@@ -35,6 +34,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 import speechssl
+from hostinfo import machine
 from downstream.qbe import detection_scores, maximum_term_weighted_value, standardize_features
 from speechssl.data.manifest import load_utterance
 from speechssl.data.qbe import superb_lite_qbe
@@ -83,18 +83,6 @@ def per_pair(queries: list[np.ndarray], docs: list[np.ndarray]) -> np.ndarray:
                          open_begin=True, open_end=True)  # fmt: skip
             out[i, j] = result.normalizedDistance
     return out
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def measure(corpus: Path, splits: list[str], runs: int, threads: list[int]) -> tuple[list[str], dict]:
