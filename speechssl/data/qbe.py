@@ -56,14 +56,9 @@ def check_occurrences(split: QbESplit, source: str) -> None:
             )
 
 
-def superb_lite_qbe(root: str | os.PathLike, split: str) -> QbESplit:
-    """SUPERB-lite's QbE ``split`` (dev or test) under ``root``."""
-    if split not in QBE_SPLITS:
-        raise ConfigError(f"QbE split {split!r}; known: {', '.join(QBE_SPLITS)}")
-    folder = Path(root) / "qbe"
-    listing = folder / f"{split}_occurrences.tsv"
-    queries = read_manifest(folder / f"{split}_queries.tsv")
-    documents = read_manifest(folder / f"{split}_docs.tsv")
+def read_occurrences(listing: Path) -> list[dict]:
+    """Occurrence rows of a ``query, doc, term, start, end`` TSV (SUPERB-lite's ``<split>_occurrences.tsv``);
+    a missing file, another header or a bad line is a :class:`ConfigError` naming it."""
     if not listing.is_file():
         raise ConfigError(f"{listing}: no such file (QbE occurrences: query, doc, term, start, end)")
     lines = listing.read_text(encoding="utf-8").splitlines()
@@ -80,6 +75,17 @@ def superb_lite_qbe(root: str | os.PathLike, split: str) -> QbESplit:
                                 "start": int(fields[3]), "end": int(fields[4])})  # fmt: skip
         except (IndexError, ValueError):
             raise ConfigError(f"{listing}:{number}: expected query, doc, term, start, end; found {line!r}") from None
-    out = QbESplit(queries, documents, occurrences)
+    return occurrences
+
+
+def superb_lite_qbe(root: str | os.PathLike, split: str) -> QbESplit:
+    """SUPERB-lite's QbE ``split`` (dev or test) under ``root``."""
+    if split not in QBE_SPLITS:
+        raise ConfigError(f"QbE split {split!r}; known: {', '.join(QBE_SPLITS)}")
+    folder = Path(root) / "qbe"
+    listing = folder / f"{split}_occurrences.tsv"
+    queries = read_manifest(folder / f"{split}_queries.tsv")
+    documents = read_manifest(folder / f"{split}_docs.tsv")
+    out = QbESplit(queries, documents, read_occurrences(listing))
     check_occurrences(out, str(listing))
     return out

@@ -37,6 +37,7 @@ from speechssl.data.corpora import (
 )
 from speechssl.data.corpora.base import require
 from speechssl.data.manifest import read_manifest
+from speechssl.data.qbe import QBE_SPLITS, read_occurrences
 from speechssl.errors import ConfigError
 
 __all__ = ["CORPORA", "Corpus", "corpus_manifest", "corpus_resource", "corpus_tasks"]
@@ -85,11 +86,10 @@ def superb_lite_resource(root: Path, name: str) -> Any:
     (``{"dev": [{query, doc, term, start, end}, ...], "test": [...]}``, times in samples)."""
     if name not in SUPERB_LITE_RESOURCES:
         raise ConfigError(f"corpus 'superb_lite' has no resource '{name}'; it has {', '.join(SUPERB_LITE_RESOURCES)}")
-    what = f"SUPERB-lite {name}, made by `speechssl synth`"
     if name == "asv_trials":
-        return [(int(r["label"]), r["enroll"], r["test"]) for r in read_table(root / "asv" / "trials.tsv", what)]
-    return {split: [{**r, "start": int(r["start"]), "end": int(r["end"])}
-                    for r in read_table(root / "qbe" / f"{split}_occurrences.tsv", what)] for split in ("dev", "test")}
+        trials = read_table(root / "asv" / "trials.tsv", "SUPERB-lite asv_trials, made by `speechssl synth`")
+        return [(int(r["label"]), r["enroll"], r["test"]) for r in trials]
+    return {split: read_occurrences(root / "qbe" / f"{split}_occurrences.tsv") for split in QBE_SPLITS}
 
 
 def read_table(path: Path, what: str) -> list[dict]:
