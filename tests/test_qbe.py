@@ -244,6 +244,12 @@ def test_quesst14_reads_its_layout(tmp_path):
     assert test.targets().tolist() == [[False, True, False]]
     everything = quesst14.load(root, "dev", language=None)
     assert len(everything.documents) == 4 and len(everything.queries) == 3 and len(everything.occurrences) == 4
+    # the QbE task reads the same through the corpus registry: one split's list at a time, then the occurrences
+    from speechssl.data.corpora import corpus_manifest, corpus_resource
+
+    assert corpus_manifest("quesst14", root, "qbe", "dev_docs") == dev.documents
+    assert corpus_manifest("quesst14", root, "qbe", "test_queries") == test.queries
+    assert corpus_resource("quesst14", root, "qbe_occurrences") == {"dev": dev.occurrences, "test": test.occurrences}
 
 
 @pytest.mark.parametrize("missing", [

@@ -33,9 +33,9 @@ QUERY_SETS = {"dev": "dev", "test": "eval"}
 SR = 16000
 
 
-def listed_audio(root: Path, listing: Path, folder: str, language: str | None) -> list[dict]:
-    """Manifest rows of the files a language key list names, in its order."""
-    rows = []
+def listed_files(listing: Path, folder: str, language: str | None) -> list[tuple[str, str]]:
+    """``(path below the root, language)`` of each file a language key list names, in its order."""
+    files = []
     for number, line in enumerate(listing.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -48,10 +48,15 @@ def listed_audio(root: Path, listing: Path, folder: str, language: str | None) -
         relative = path.split("/", 1)[1] if "/" in path else path  # drop the first folder, as s3prl does
         if not relative.startswith(f"{folder}/"):
             relative = f"{folder}/{Path(relative).name}"
-        audio = root / relative
-        rows.append({"id": Path(relative).stem, "path": str(audio), "num_samples": num_samples_16k(audio, listing),
-                     "speaker": "", "language": lang})  # fmt: skip
-    return rows
+        files.append((relative, lang))
+    return files
+
+
+def listed_audio(root: Path, listing: Path, folder: str, language: str | None) -> list[dict]:
+    """Manifest rows of the files a language key list names, in its order (each header read for its length)."""
+    return [{"id": Path(relative).stem, "path": str(root / relative),
+             "num_samples": num_samples_16k(root / relative, listing), "speaker": "", "language": lang}
+            for relative, lang in listed_files(listing, folder, language)]  # fmt: skip
 
 
 def read_rttm(rttm: Path) -> list[dict]:
@@ -73,11 +78,8 @@ def read_rttm(rttm: Path) -> list[dict]:
     return rows
 
 
-def load(root: str | Path, split: str, *, language: str | None = "nnenglish") -> QbESplit:
-    """The queries of ``split`` (dev, or test = eval), the documents and the occurrences.
-
-    Raises :class:`ConfigError` naming the first missing list, RTTM or audio file.
-    """
+def lists(root: str | Path, split: str) -> tuple[Path, Path, Path, Path, str]:
+    """``(root, document list, query list, ground-truth RTTM, query set name)`` of ``split``, each checked."""
     if split not in QBE_SPLITS:
         raise ConfigError(f"corpus '{NAME}': unknown QbE split '{split}'; known: {', '.join(QBE_SPLITS)}")
     root = require(Path(root).expanduser(), "QUESST 2014 folder (quesst14Database)")
@@ -87,25 +89,44 @@ def load(root: str | Path, split: str, *, language: str | None = "nnenglish") ->
     query_list = require(scoring / f"language_key_{name}.lst", f"QUESST 2014 {name} query list")
     truth = scoring / f"groundtruth_quesst14_{name}"
     rttm = require(truth / f"quesst14_{name}.rttm", f"QUESST 2014 {name} ground truth")
+    return root, doc_list, query_list, rttm, name
+
+
+def occurrences(root: str | Path, split: str, *, language: str | None = "nnenglish") -> list[dict]:
+    """The RTTM occurrences of ``split``'s queries, those of a document or query the language leaves out
+    dropped (read from the lists alone: no audio header is opened)."""
+    root, doc_list, query_list, rttm, name = lists(root, split)
+    kept_docs = {Path(f).stem for f, _ in listed_files(doc_list, "Audio", language)}
+    kept_queries = {Path(f).stem for f, _ in listed_files(query_list, f"{name}_queries", language)}
+    return [r for r in read_rttm(rttm) if r["doc"] in kept_docs and r["query"] in kept_queries]
+
+
+def load(root: str | Path, split: str, *, language: str | None = "nnenglish") -> QbESplit:
+    """The queries of ``split`` (dev, or test = eval), the documents and the occurrences.
+
+    Raises :class:`ConfigError` naming the first missing list, RTTM or audio file.
+    """
+    root, doc_list, query_list, _, name = lists(root, split)
     documents = listed_audio(root, doc_list, "Audio", language)
     queries = listed_audio(root, query_list, f"{name}_queries", language)
-    kept_docs, kept_queries = {r["id"] for r in documents}, {r["id"] for r in queries}
-    occurrences = [r for r in read_rttm(rttm) if r["doc"] in kept_docs and r["query"] in kept_queries]
-    return QbESplit(queries, documents, occurrences)
+    return QbESplit(queries, documents, occurrences(root, split, language=language))
 
 
 def manifest(root: Path, task: str, split: str, *, language: str | None = "nnenglish") -> list[dict]:
-    """Rows of one of the QbE task's splits: ``dev_queries``, ``dev_docs``, ``test_queries``, ``test_docs``."""
+    """Rows of one of the QbE task's splits: ``dev_queries``, ``dev_docs``, ``test_queries``, ``test_docs``
+    (only that split's list is read, and its files' headers)."""
     name, _, kind = split.partition("_")
     if name not in QBE_SPLITS or kind not in ("queries", "docs"):
         raise ConfigError(
             f"corpus '{NAME}': unknown split '{split}'; known: dev_queries, dev_docs, test_queries, test_docs")
-    qbe = load(root, name, language=language)
-    return qbe.queries if kind == "queries" else qbe.documents
+    root, doc_list, query_list, _, query_set = lists(root, name)
+    if kind == "docs":
+        return listed_audio(root, doc_list, "Audio", language)
+    return listed_audio(root, query_list, f"{query_set}_queries", language)
 
 
 def resource(root: Path, name: str, *, language: str | None = "nnenglish") -> dict[str, list[dict]]:
     """``qbe_occurrences``: ``{"dev": [...], "test": [...]}``, the RTTM occurrences of each query set."""
     if name != "qbe_occurrences":
         raise ConfigError(f"corpus '{NAME}' has no resource '{name}'; it has qbe_occurrences")
-    return {split: load(root, split, language=language).occurrences for split in QBE_SPLITS}
+    return {split: occurrences(root, split, language=language) for split in QBE_SPLITS}
