@@ -213,8 +213,8 @@ class SpeakerVerification(Task):
         return [f"{e}|{t}" for _, e, t in self.corpus_resources["asv_trials"]]
 
     def score(self, predictions: list, references: list) -> dict[str, float]:
-        outcomes = self.outcomes(predictions, references)
-        return {m: self.metric_from_outcomes(outcomes, m) for m in self.metrics}
+        metrics = verification_metrics(*_trial_arrays(self.outcomes(predictions, references)))
+        return {m: float(values[0]) for m, values in metrics.items()}
 
     def metric_from_outcomes(self, outcomes: list[dict], metric: str | None = None) -> float:
         return float(verification_metrics(*_trial_arrays(outcomes))[metric or self.metric][0])

@@ -190,25 +190,27 @@ def task_from_config(cfg):
     return get_task(options.pop("name"), **options)
 
 
-def task_rows_from_config(cfg, task) -> dict[str, list[dict]]:
-    """``{split: manifest rows}`` of ``task`` (its declared splits) in the corpus ``cfg.data`` names."""
+def corpus_options(cfg) -> dict:
+    """The keyword options of ``cfg.data``'s corpus (``data.options``), for its manifests and its resources."""
     from omegaconf import OmegaConf
 
+    return (OmegaConf.to_container(cfg.data.options, resolve=True) if "options" in cfg.data else None) or {}
+
+
+def task_rows_from_config(cfg, task) -> dict[str, list[dict]]:
+    """``{split: manifest rows}`` of ``task`` (its declared splits) in the corpus ``cfg.data`` names."""
     from speechssl.data.corpora import corpus_manifest
 
-    options = OmegaConf.to_container(cfg.data.options, resolve=True) if "options" in cfg.data else {}
-    return {split: corpus_manifest(cfg.data.name, cfg.data.root, task.name, split, **(options or {}))
-            for split in task.splits}
+    options = corpus_options(cfg)
+    return {split: corpus_manifest(cfg.data.name, cfg.data.root, task.name, split, **options) for split in task.splits}
 
 
 def task_resources_from_config(cfg, task) -> dict:
     """The corpus resources ``task`` declares (a trial list, query occurrences), read from ``cfg.data``'s corpus."""
-    from omegaconf import OmegaConf
-
     from speechssl.data.corpora import corpus_resource
 
-    options = OmegaConf.to_container(cfg.data.options, resolve=True) if "options" in cfg.data else {}
-    return {name: corpus_resource(cfg.data.name, cfg.data.root, name, **(options or {})) for name in task.resources}
+    options = corpus_options(cfg)
+    return {name: corpus_resource(cfg.data.name, cfg.data.root, name, **options) for name in task.resources}
 
 
 def run_benchmark(cfg) -> int:
