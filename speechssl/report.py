@@ -153,7 +153,7 @@ def difference_tables(bench: Benchmark) -> str:
 def sweep_tables(bench: Benchmark) -> str:
     """One table per swept (upstream, corpus, task): lr, dev, test, steps, run folder; the chosen run marked ✓."""
     parts = []
-    for (label, corpus, task), sweep in sorted(bench.sweeps.items(), key=lambda kv: _sweep_key(kv[0])):
+    for (label, corpus, task), sweep in sorted(bench.sweeps.items(), key=lambda kv: _run_key(kv[1].chosen)):
         if len(sweep.runs) < 2:
             continue
         info = sweep.chosen
@@ -198,7 +198,7 @@ def plot_layer_weights(bench: Benchmark, label: str, path: Path) -> bool:
     Returns ``False`` (and writes nothing) when no chosen run has more than one
     weight: a baseline such as ``fbank`` has a single hidden state.
     """
-    chosen = [s.chosen for (lab, _, _), s in sorted(bench.sweeps.items(), key=lambda kv: _sweep_key(kv[0]))
+    chosen = [s.chosen for (lab, _, _), s in sorted(bench.sweeps.items(), key=lambda kv: _run_key(kv[1].chosen))
               if lab == label and s.chosen.layer_weights and len(s.chosen.layer_weights) > 1]
     if not chosen:
         return False
@@ -327,8 +327,7 @@ def _write_tsv(bench: Benchmark, path: Path) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             writer.writerow(TSV_COLUMNS)
-            for run in sorted(bench.runs, key=lambda r: (_sweep_key((r.label, r.corpus, r.task)), r.seed_key,
-                                                         r.lr or 0.0)):
+            for run in sorted(bench.runs, key=lambda r: (_run_key(r), r.seed_key, r.lr or 0.0)):
                 low, high = ("", "") if run.test_interval is None else map(repr, run.test_interval)
                 writer.writerow([run.upstream, run.ckpt or "", run.layer, int(run.trainable), run.init,
                                  "" if run.init_seed is None else run.init_seed, run.corpus, run.task,
@@ -352,9 +351,9 @@ def _best_labels(rows: dict[str, Row]) -> set[str]:
     return set() if len(best) == len(rows) else best  # all tied: nobody is best
 
 
-def _sweep_key(key: tuple[str, str, str]) -> tuple:
-    label, corpus, task = key
-    return (label, corpus, task)
+def _run_key(run: BenchmarkRun) -> tuple:
+    """Upstream, corpus, then the task's column (SUPERB's table order, which the run's task wrote)."""
+    return (run.label, run.corpus, run.order, run.task)
 
 
 def _relative(path: Path, root: Path) -> str:
