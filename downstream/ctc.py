@@ -230,10 +230,6 @@ class SlotFilling(CTCTask):
                              "value_char_errors": errors, "value_chars": chars})
         return outcomes
 
-    def score(self, predictions: list, references: list) -> dict[str, float]:
-        outcomes = self.outcomes(predictions, references)
-        return {m: ratio(outcomes) for m, ratio in self.ratios.items()}
-
     def chance(self, train_rows: list[dict], test_rows: list[dict]) -> float:
         """No slot predicted: F1 0."""
         return 0.0

@@ -204,9 +204,6 @@ class SpeakerDiarization(Task):
         return [der_components(annotation_of_turns(turns), annotation_of_activity(active, self.frame_rate), duration)
                 for active, (turns, duration) in zip(predictions, references)]
 
-    def score(self, predictions: list, references: list) -> dict[str, float]:
-        return {"der": self.ratios["der"](self.outcomes(predictions, references))}
-
     def chance(self, train_rows: list[dict], test_rows: list[dict]) -> float:
         """DER of answering "one speaker talks throughout" for every test conversation."""
         outcomes = []
