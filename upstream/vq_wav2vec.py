@@ -411,10 +411,12 @@ class VQWav2VecObjective(Objective):
         distance = self.upstream.prediction_offset + steps  # (K,): frames from prediction to target
         frames = torch.arange(T, device=q.device)[:, None]
         made_at = predictions[:, (frames - distance).clamp(min=0), steps]  # (B, T, K, C): made for target frame j
-        positive = torch.einsum("bjkc,bjc->bjk", made_at, q)[..., None]  # (B, T, K, 1)
-        negative = torch.einsum("bjkc,bjnc->bjkn", made_at, negatives)  # (B, T, K, N)
+        # the positive and its negatives scored by one product, so that a negative with the positive's code
+        # scores exactly what the positive does (a tie, not "correct" by a rounding difference)
+        candidates = torch.cat([q[:, :, None], negatives], dim=2)  # (B, T, 1 + N, C)
+        scores = torch.einsum("bjkc,bjnc->bjkn", made_at, candidates)  # (B, T, K, 1 + N)
         target = (frames + distance).clamp(max=T - 1)  # (T, K): the target frame of the prediction made at t
-        logits = torch.cat([positive, negative], dim=-1).float()[:, target, steps]  # (B, T, K, 1 + N)
+        logits = scores.float()[:, target, steps]  # (B, T, K, 1 + N)
         valid = (frames + distance)[None] < lengths[:, None, None]  # (B, T, K)
         return logits, valid, indices[:, target]
 
