@@ -10,14 +10,12 @@ S3PRL  ?= s3prl==0.4.18
 
 .PHONY: install test demo clean bench-deps bench
 
-DEMO   ?= runs/demo
-CORPUS ?= data/superb_lite
-# ASR's BiLSTM head takes about 5 minutes a run on a CPU core: TASKS="pr ks ic sid er asr" adds it
-TASKS  ?= pr ks ic sid er
+DEMO      ?= runs/demo
+# DEMO_SIZE=tiny: the 5-minute run CI makes (tests/test_demo.py); DEMO_TASKS=all: the ten SUPERB tasks
+DEMO_SIZE ?= small
+DEMO_TASKS ?= core
+JOBS      ?= 2
 SSL    := $(VENV)/bin/speechssl
-# the tiny APC of benchmarks/RESULTS.md: 1200 steps on SUPERB-lite small's hour of pretraining speech
-APC_STEPS ?= 1200
-BENCH   = $(SSL) benchmark data.root=$(CORPUS) cache.dir=$(DEMO)/cache
 
 install: $(VENV)/.installed
 
@@ -43,22 +41,12 @@ bench: bench-deps
 	  PYTHONPATH=$(CURDIR) $(PY) benchmarks/$$script.py || exit 1; \
 	done
 
-# The embedded corpus, a tiny APC pretrained on it, then per task fbank, the APC and the
-# APC's random-init control (same architecture, weights from the seed), each with the
-# task's learning-rate grid chosen on dev; the report with intervals:
-# $(DEMO)/benchmark/report/README.md
+# The embedded corpus, every upstream's tiny config pretrained on it, each benchmarked beside fbank and
+# two random-init controls (the learning rate chosen on dev), and the report $(DEMO)/REPORT.md: the stages
+# of configs/pipeline/demo.yaml, $(JOBS) at a time; a rerun skips the finished ones.
 demo: install
-	$(SSL) synth out=$(CORPUS) size=small
-	$(SSL) pretrain upstream=apc_tiny data.root=$(CORPUS) trainer=tiny trainer.max_steps=$(APC_STEPS) \
-	  trainer.save_every=400 data.max_seconds=4 hydra.run.dir=$(DEMO)/pretrain/apc
-	for task in $(TASKS); do \
-	  $(BENCH) upstream=fbank task=$$task hydra.run.dir=$(DEMO)/benchmark/fbank/$$task || exit 1; \
-	  $(BENCH) upstream=apc_tiny upstream.ckpt=$(DEMO)/pretrain/apc/last task=$$task \
-	    hydra.run.dir=$(DEMO)/benchmark/apc/$$task || exit 1; \
-	  $(BENCH) upstream=apc_tiny upstream.ckpt=$(DEMO)/pretrain/apc/last init=random task=$$task \
-	    hydra.run.dir=$(DEMO)/benchmark/apc_random_init/$$task || exit 1; \
-	done
-	$(SSL) report runs=$(DEMO)/benchmark
+	$(SSL) run pipeline=demo jobs=$(JOBS) pipeline.size=$(DEMO_SIZE) pipeline.task_set=$(DEMO_TASKS) \
+	  hydra.run.dir=$(DEMO)$(if $(filter small,$(DEMO_SIZE)),,_$(DEMO_SIZE))
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -70,6 +70,7 @@ class BenchmarkRun:
     metric_label: str = ""  # how the metric is named in a table (``PER``); "" -> the metric's key
     unit: str = "%"  # "%": a fraction shown as a percentage; "": shown as it is
     order: int = 1000  # the task's column in SUPERB's table order (the task says it: Task.order)
+    name: str | None = None  # the row's name given at benchmark time (label=); None: made from upstream and ckpt
 
     @property
     def metric_name(self) -> str:
@@ -83,8 +84,11 @@ class BenchmarkRun:
         ``apc, layer=last`` (one hidden state), ``apc, fine-tuned`` (upstream trained).
         The random-init control is ``apc (random init)`` (``apc (random init, config of
         runs/apc/last)`` when built from a checkpoint's config), every init seed in one row.
+        A run benchmarked with ``label=NAME`` is ``NAME`` (its control ``NAME (random init)``).
         """
-        if self.init == "random":
+        if self.name is not None:  # named at benchmark time (label=NAME): the name stands for upstream and ckpt
+            label = self.name + (" (random init)" if self.init == "random" else "")
+        elif self.init == "random":
             label = f"{self.upstream} (random init" + (f", config of {_short_path(self.ckpt)})" if self.ckpt else ")")
         else:
             label = self.upstream if self.ckpt is None else f"{self.upstream} ({_short_path(self.ckpt)})"
@@ -253,6 +257,7 @@ def read_run(path: Path) -> BenchmarkRun | None:
         ratio=None if ratio is None else Ratio(*ratio),
         init=init,
         init_seed=field("init_seed", int, optional=True),
+        name=field("label", str, optional=True),
     )
 
 

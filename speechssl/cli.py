@@ -161,13 +161,7 @@ def run_pretrain(cfg) -> int:
     from speechssl.trainer import TrainerConfig
 
     if cfg.get("pipeline") is not None:
-        from speechssl.pipeline import run_pipeline
-
-        pipeline = OmegaConf.to_container(cfg.pipeline, resolve=True)
-        times = run_pipeline(pipeline["name"], pipeline["stages"], HydraConfig.get().runtime.output_dir)
-        log.info("pipeline %s done in %.0f s: %s", pipeline["name"], sum(times.values()),
-                 ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))  # fmt: skip
-        return 0
+        return run_run(cfg)
     trainer_cfg = TrainerConfig.from_dict(OmegaConf.to_container(cfg.trainer, resolve=True))
     crop = CropConfig(max_seconds=cfg.data.max_seconds, crop=cfg.data.crop, on_error=cfg.data.get("on_error", "raise"))
     crop.check()
@@ -177,6 +171,25 @@ def run_pretrain(cfg) -> int:
         name, dataset_from_config(cfg), trainer_cfg, run_dir, crop=crop, device=cfg.device, overrides=node
     )
     log.info("done: step %s, loss %s; upstream checkpoint %s/last", results["step"], results["train_loss"], run_dir)
+    return 0
+
+
+def run_run(cfg) -> int:
+    """``speechssl run pipeline=NAME``: the pipeline's stages (``speechssl.pipeline``), ``jobs`` at once."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from speechssl.pipeline import run_pipeline
+
+    try:
+        pipeline = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    except InterpolationResolutionError as e:
+        raise ConfigError(f"pipeline {cfg.pipeline.get('name', '?')}: {e.msg.splitlines()[0]} (a pipeline that reads "
+                          "another command's keys runs under that command, e.g. speechssl pretrain pipeline=NAME)") from None
+    times = run_pipeline(pipeline["name"], pipeline["stages"], HydraConfig.get().runtime.output_dir,
+                         jobs=cfg.get("jobs", 1))
+    log.info("pipeline %s done: %d stage(s), %.0f s of stage time", pipeline["name"], len(times), sum(times.values()))
     return 0
 
 
@@ -252,7 +265,8 @@ def run_benchmark(cfg) -> int:
         init=init,
         init_seed=init_seed,
         source=cfg.featurizer.source,
-        info={"ckpt": cfg.upstream.ckpt, "data_root": str(Path(cfg.data.root).resolve())},
+        info={"ckpt": cfg.upstream.ckpt, "data_root": str(Path(cfg.data.root).resolve()),
+              **({"label": str(cfg.label)} if cfg.get("label") is not None else {})},
     )
     metric = results["metric"]
     line = f"{results['upstream']} {results['task']}: test {metric} {results['test'][metric]:.4f} ("
@@ -356,9 +370,10 @@ def _quote_escape(value: str) -> str:
 
 def run_report(cfg) -> int:
     from speechssl.report import load_benchmark, results_tables, write_report
+    from speechssl.superb import REFERENCE
 
     bench = load_benchmark(cfg.runs)
-    write_report(bench, cfg.out)
+    write_report(bench, cfg.out, name=cfg.name, stages=cfg.stages, reference=None if cfg.superb is False else REFERENCE)
     print(results_tables(bench))
     return 0
 
@@ -379,6 +394,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "report": (run_report, "summarize benchmark runs: Markdown table of the best-dev runs, lr sweeps, plots, TSV"),
     "extract": (run_extract, "extract features of audio files with any upstream to safetensors"),
     "export": (run_export, "write a speechssl upstream checkpoint in another toolkit's layout (an HF folder)"),
+    "run": (run_run, "run a pipeline of speechssl commands, finished stages skipped (pipeline=demo: make demo)"),
     "cluster": (run_cluster, "k-means frame targets for HuBERT from MFCC or an upstream layer, with phone purity and PNMI"),
 }
 
@@ -479,10 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     def task(cfg) -> None:
         nonlocal status
         try:
-            status = function(cfg)
+            # a -m sweep calls this once per job: one failed job fails the command
+            status = max(status, function(cfg))
         except SpeechSSLError as e:
             log.error("%s", e)
-            status = 1
+            status = max(status, 1)
         except MissingMandatoryValue as e:
             log.error("missing value for '%s': set it as %s=...", e.full_key, e.full_key)
             status = 2
@@ -493,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("%s: %s; choose a path you can write, or change its permissions", e.filename, e.strerror)
             else:
                 raise
-            status = 1
+            status = max(status, 1)
 
     _register_schemas()
     _register_resolvers()

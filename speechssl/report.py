@@ -28,6 +28,7 @@ The report folder gets:
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -45,6 +46,10 @@ from speechssl.benchmark_runs import (
     read_curves,
 )
 from speechssl.checkpoint import atomic_write
+from speechssl.errors import ConfigError
+from speechssl.superb import COLUMNS, REFERENCE, Reference, read_reference, spearman
+
+BASELINES = ("fbank", "mfcc", "mel")  # features, not pretrained upstreams: the reading compares upstreams with fbank
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +194,140 @@ def _markdown_table(rows: list[list[str]], right: Iterable[int]) -> str:
     return "\n".join(lines)
 
 
+def reading(bench: Benchmark) -> str:
+    """A few sentences per corpus, written from the numbers: who is best on each task, which rows the
+    test set cannot tell from the best, which pretrained rows beat fbank and their random-init control,
+    and which rows stay within their interval of chance."""
+    parts = []
+    for corpus in bench.corpora:
+        lines, wins = [], {}
+        for task in bench.tasks(corpus):
+            info = bench.task_info(corpus, task)
+            rows, differences = compare(bench, corpus, task)
+            scored = {label: row for label, row in rows.items() if not math.isnan(row.score)}
+            if not scored:
+                continue
+            sign = 1 if info.higher_is_better else -1
+            ranked = sorted(scored, key=lambda label: -sign * scored[label].score)
+            best = ranked[0]
+            separated = {(d.better, d.worse): d.separated for d in differences}
+            ties = [label for label in ranked[1:] if not separated.get((best, label), False)
+                    and not separated.get((label, best), False)]  # fmt: skip
+            for label in [best, *ties]:
+                wins[label] = wins.get(label, 0) + 1
+            head = f"**{task.upper()}** ({info.metric_name} {'↑' if info.higher_is_better else '↓'}): "
+            head += f"{best} is best at {format_score(scored[best].score, info.unit)}"
+            if len(scored) == 1:
+                line = head + ", the only row."
+            elif not ties:
+                line = head + f", separated from all {len(scored) - 1} other rows."
+            elif len(ties) == len(scored) - 1:
+                line = head + ", but the test set separates it from none of the others."
+            else:
+                line = head + f"; the test set cannot separate it from {_names(ties)}."
+            extra = []
+            baseline = next((label for label in scored if scored[label].runs[0].upstream == "fbank"
+                             and scored[label].runs[0].init == "pretrained"), None)  # fmt: skip
+            if baseline is not None:
+                above = [label for label in ranked if separated.get((label, baseline)) and _pretrained(scored[label])]
+                extra.append(f"above fbank, separated: {_names(above) if above else 'none'}")
+            for label in ranked:
+                control = _control_of(scored, label)
+                if control is not None:
+                    verdict = ("beats its random-init control" if separated.get((label, control)) else
+                               "is below its random-init control" if separated.get((control, label)) else
+                               "is not separated from its random-init control")
+                    extra.append(f"{label} {verdict}")
+            if info.chance is not None:
+                at_chance = [label for label, row in scored.items() if row.interval is not None
+                             and (row.interval[0] <= info.chance if info.higher_is_better
+                                  else row.interval[1] >= info.chance)]  # fmt: skip  # the interval reaches chance
+                if at_chance:
+                    extra.append(f"no better than chance ({format_score(info.chance, info.unit)}): {_names(at_chance)}")
+            extra = "; ".join(extra)
+            lines.append("- " + line + ("" if not extra else f" {extra[0].upper()}{extra[1:]}."))
+        if wins:
+            most = max(wins.values())
+            leaders = sorted(label for label, n in wins.items() if n == most)
+            lines.append(f"- Best, or not separated from the best, on the most tasks ({most} of {len(bench.tasks(corpus))}): "
+                         f"{_names(leaders)}.")
+        heading = f"### {corpus}\n\n" if len(bench.corpora) > 1 else ""
+        parts.append(heading + "\n".join(lines))
+    note = ("Written by `speechssl report` from the numbers above: \"separated\" means the paired bootstrap "
+            "interval of the difference excludes zero (or, unpaired, the two intervals do not overlap); \"tied\" "
+            "rows are ones the test set cannot tell from the best.")
+    return "\n\n".join(parts) + "\n\n" + note
+
+
+def superb_table(bench: Benchmark, reference: Reference) -> str:
+    """Per corpus: our test score beside SUPERB's published one for every upstream the paper ran, and per
+    task the Spearman rank correlation of the two orderings (``ρ``, over ``n`` upstreams)."""
+    parts = []
+    for corpus in bench.corpora:
+        tasks = [task for task in bench.tasks(corpus) if task in COLUMNS]
+        compared = {task: compare(bench, corpus, task)[0] for task in tasks}
+        matched: dict[str, str] = {}  # upstream -> the first row of it run with pretrained weights
+        for label in bench.labels(corpus):
+            runs = next((compared[t][label].runs for t in tasks if label in compared[t]), None)
+            if runs and _pretrained_run(runs[0]) and runs[0].upstream in reference.scores:
+                matched.setdefault(runs[0].upstream, label)
+        if not matched or not tasks:
+            continue
+        header = ["upstream", *(f"{task.upper()} {COLUMNS[task][1]} {_arrow(bench, corpus, task)} ours / SUPERB"
+                                for task in tasks)]  # fmt: skip
+        rows, pairs = [header], {task: ([], []) for task in tasks}
+        for upstream, label in matched.items():
+            row = [label]
+            for task in tasks:
+                unit = bench.task_info(corpus, task).unit
+                ours = compared[task].get(label)
+                theirs = reference.scores[upstream].get(task)
+                row.append(f"{format_score(None if ours is None else ours.score, unit)} / "
+                           f"{format_score(theirs, '%' if COLUMNS[task][2] else '')}")
+                if ours is not None and theirs is not None and not math.isnan(ours.score):
+                    pairs[task][0].append(ours.score)
+                    pairs[task][1].append(theirs)
+            rows.append(row)
+        correlations = []
+        for task in tasks:
+            rho = spearman(*pairs[task])
+            correlations.append(f"ρ = {rho:+.2f} (n = {len(pairs[task][0])})" if rho is not None
+                                else f"ρ: – (n = {len(pairs[task][0])})")
+        rows.append(["*rank correlation*", *(f"*{c}*" for c in correlations)])
+        parts.append(f"### {corpus}\n\n{_markdown_table(rows, right=range(1, len(header)))}")
+    if not parts:
+        return ""
+    footnote = (f"SUPERB: {reference.source} Ours: the test score of the table above (its best-dev run). "
+                "ρ: Spearman's rank correlation between the two orderings of the upstreams listed (the random-init "
+                "controls are not in the paper); +1: the same order, 0: unrelated, –: fewer than three upstreams or "
+                "all tied. Our ASR column is a CER, the paper's a WER; the tiny configs here are trained minutes, "
+                "not days, on synthetic speech, so agreement is not expected and not the point.")
+    return "\n\n".join(parts) + "\n\n" + footnote
+
+
+def stages_table(path: str | os.PathLike) -> str:
+    """The machine and each stage's time of the pipeline whose ``pipeline.json`` is ``path``."""
+    from speechssl.pipeline import describe_machine
+
+    try:
+        summary = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"stages={path}: no such file (a pipeline writes RUN_DIR/pipeline.json)") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"stages={path}: not valid JSON ({e})") from None
+    rows = [["stage", "seconds"]]
+    rows += [[f"`{s['name']}`", f"{s['seconds']:.0f}"] for s in summary.get("stages", [])]
+    rows.append(["*all stages (sum)*", f"*{summary.get('seconds', 0):.0f}*"])
+    jobs = summary.get("jobs", 1)
+    text = (f"Machine: {describe_machine(summary.get('machine', {}))}; pipeline `{summary.get('pipeline', '?')}`, "
+            f"{jobs} stage(s) at a time"
+            + (f", {summary['threads_per_stage']} torch thread(s) each" if summary.get("threads_per_stage") else "")
+            + f". {summary.get('finished', len(rows) - 2)} of {summary.get('total', '?')} stages had finished when "
+            f"this report was written (the report is the last); the wall time of the last invocation: "
+            f"{summary.get('wall_seconds', 0):.0f} s (a rerun's skipped stages count their first time).")
+    return text + "\n\n" + _markdown_table(rows, right={1})
+
+
 # -- plots -------------------------------------------------------------------------------
 
 
@@ -220,6 +359,46 @@ def plot_layer_weights(bench: Benchmark, label: str, path: Path) -> bool:
     for ax in axes[:, 0]:
         ax.set_ylabel("learned weight")
     figure.suptitle(f"{label}: learned layer weights (dashed: uniform)")
+    _save(figure, path)
+    return True
+
+
+def plot_scores(bench: Benchmark, corpus: str, path: Path) -> bool:
+    """The results table as bars: a panel per task, a bar per upstream (its test score, the 95%
+    interval as a whisker), the chance level dashed. Returns ``False`` when there is nothing to draw."""
+    tasks = bench.tasks(corpus)
+    labels = bench.labels(corpus)
+    if not tasks or not labels:
+        return False
+    cols = min(5, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    figure = _figure(width=2.2 + 2.3 * cols, height=0.8 + (0.25 * len(labels) + 0.9) * rows)
+    axes = figure.subplots(rows, cols, sharey=True, squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        info = bench.task_info(corpus, task)
+        scale = 100 if info.unit == "%" else 1
+        cells = compare(bench, corpus, task)[0]
+        for y, label in enumerate(labels):
+            row = cells.get(label)
+            if row is None or math.isnan(row.score):
+                continue
+            control = row.runs[0].init == "random"
+            ax.barh(y, scale * row.score, color="lightgray" if control else f"C{y % 10}", height=0.7)
+            if row.interval is not None:
+                low, high = (scale * v for v in row.interval)
+                ax.errorbar(scale * row.score, y, xerr=[[scale * row.score - low], [high - scale * row.score]],
+                            color="black", capsize=2, linewidth=1)
+        if info.chance is not None:
+            ax.axvline(scale * info.chance, color="gray", linestyle="--", linewidth=1)
+        ax.set_title(f"{task.upper()} {info.metric_name} {'↑' if info.higher_is_better else '↓'}", fontsize="medium")
+        ax.set_xlabel("%" if info.unit == "%" else info.metric_name)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes.flat[len(tasks):]:
+        ax.set_axis_off()
+    for ax in axes[:, 0]:
+        ax.set_yticks(range(len(labels)), labels, fontsize="small")
+        ax.invert_yaxis()
+    figure.suptitle(f"{corpus}: test scores with 95% intervals (dashed: chance; gray: random-init controls)")
     _save(figure, path)
     return True
 
@@ -275,17 +454,30 @@ def _save(figure, path: Path) -> None:
 # -- the report --------------------------------------------------------------------------
 
 
-def write_report(bench: Benchmark, out_dir: str | os.PathLike | None = None) -> Path:
-    """Write ``README.md``, ``results.tsv`` and the plots of ``bench`` into ``out_dir`` (default ``runs_dir/report``).
+def write_report(bench: Benchmark, out_dir: str | os.PathLike | None = None, name: str = "README.md",
+                 stages: str | os.PathLike | None = None, reference: str | os.PathLike | None = REFERENCE) -> Path:
+    """Write the report ``name``, ``results.tsv`` and the plots of ``bench`` into ``out_dir`` (default
+    ``runs_dir/report``); ``stages``: a pipeline's ``pipeline.json``, whose machine and stage times it
+    lists; ``reference``: SUPERB's published figures to set beside ours (None: left out).
 
-    Returns the README's path.
+    Returns the report's path.
     """
     out_dir = bench.runs_dir / "report" if out_dir is None else Path(out_dir)
+    if not name or "/" in name or not name.endswith(".md"):
+        raise ConfigError(f"name={name!r}: the report's file name, ending in .md (its folder is out=)")
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_tsv(bench, out_dir / "results.tsv")
 
     sections = [f"# Benchmark results\n\n{len(bench.runs)} run(s) under `{bench.runs_dir}`.", "## Results",
                 results_tables(bench)]
+    for corpus in bench.corpora:
+        plot = f"scores{'_' + _slug(corpus) if len(bench.corpora) > 1 else ''}.png"
+        if plot_scores(bench, corpus, out_dir / plot):
+            sections.append(f"![test scores on {corpus}]({plot})")
+    sections += ["## Reading", reading(bench)]
+    superb = superb_table(bench, read_reference(reference)) if reference is not None else ""
+    if superb:
+        sections += ["## Beside SUPERB's published figures", superb]
     differences = difference_tables(bench)
     if differences:
         sections += ["## Differences between upstreams", differences]
@@ -294,30 +486,33 @@ def write_report(bench: Benchmark, out_dir: str | os.PathLike | None = None) -> 
         sections += ["## Learning-rate sweeps", sweeps]
     weights = []
     for label in bench.labels():
-        name = f"layer_weights_{_slug(label)}.png"
-        if plot_layer_weights(bench, label, out_dir / name):
-            weights.append(f"![layer weights of {label}]({name})")
+        plot = f"layer_weights_{_slug(label)}.png"
+        if plot_layer_weights(bench, label, out_dir / plot):
+            weights.append(f"![layer weights of {label}]({plot})")
     if weights:
         sections += ["## Learned layer weights", "Chosen runs; hidden state 0 is the encoder's input.", *weights]
     curves = []
     multi_corpus = len(bench.corpora) > 1
     for corpus in bench.corpora:
         for task in bench.tasks(corpus):
-            name = f"curves_{_slug(corpus) + '_' if multi_corpus else ''}{_slug(task)}.png"
-            if plot_curves(bench, corpus, task, out_dir / name):
-                curves.append(f"![learning curves of {task.upper()} on {corpus}]({name})")
+            plot = f"curves_{_slug(corpus) + '_' if multi_corpus else ''}{_slug(task)}.png"
+            if plot_curves(bench, corpus, task, out_dir / plot):
+                curves.append(f"![learning curves of {task.upper()} on {corpus}]({plot})")
     if curves:
         sections += ["## Learning curves", *curves]
-    readme = out_dir / "README.md"
+    if stages is not None:
+        sections += ["## Machine and stage times", stages_table(stages)]
+    readme = out_dir / name
     text = "\n\n".join(sections) + "\n"
     atomic_write(readme, lambda tmp: Path(tmp).write_text(text))
     log.info("wrote %s (%d plot(s))", readme, len(weights) + len(curves))
     return readme
 
 
-def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
-    """Read the benchmark runs under ``runs_dir`` and write the report to ``out_dir`` (default ``runs_dir/report``)."""
-    return write_report(load_benchmark(runs_dir), out_dir)
+def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, **options) -> Path:
+    """Read the benchmark runs under ``runs_dir`` and write the report to ``out_dir`` (default ``runs_dir/report``);
+    ``options``: :func:`write_report`'s."""
+    return write_report(load_benchmark(runs_dir), out_dir, **options)
 
 
 def _write_tsv(bench: Benchmark, path: Path) -> None:
@@ -338,6 +533,32 @@ def _write_tsv(bench: Benchmark, path: Path) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+def _names(labels: list[str]) -> str:
+    return ", ".join(labels)
+
+
+def _arrow(bench: Benchmark, corpus: str, task: str) -> str:
+    return "↑" if bench.task_info(corpus, task).higher_is_better else "↓"
+
+
+def _pretrained_run(run: BenchmarkRun) -> bool:
+    """A run of SUPERB's protocol on pretrained weights (not a control, a single layer or fine-tuning)."""
+    return run.init == "pretrained" and run.layer == "weighted" and not run.trainable
+
+
+def _pretrained(row: Row) -> bool:
+    return _pretrained_run(row.runs[0]) and row.runs[0].upstream not in BASELINES
+
+
+def _control_of(rows: dict[str, Row], label: str) -> str | None:
+    """The random-init control's row of ``label``'s upstream and checkpoint, if ``label`` is pretrained and has one."""
+    run = rows[label].runs[0]
+    if not _pretrained_run(run):
+        return None
+    return next((other for other, row in rows.items() if row.runs[0].init == "random"
+                 and (row.runs[0].upstream, row.runs[0].ckpt) == (run.upstream, run.ckpt)), None)  # fmt: skip
 
 
 def _best_labels(rows: dict[str, Row]) -> set[str]:

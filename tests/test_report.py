@@ -20,6 +20,7 @@ from speechssl.report import (
     report,
     results_tables,
 )
+from speechssl.superb import read_reference, spearman
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TASKS = {  # task -> (metric, higher_is_better, chance, label, column order), as the tasks write them
@@ -143,7 +144,7 @@ def test_plots_are_png_files(runs):
     out = readme.parent
     names = sorted(p.name for p in out.glob("*.png"))
     # fbank has one hidden state: no layer-weight plot; ASR has no metrics.jsonl: no curves
-    assert names == ["curves_ks.png", "curves_pr.png", "layer_weights_apc-runs-apc-last.png"]
+    assert names == ["curves_ks.png", "curves_pr.png", "layer_weights_apc-runs-apc-last.png", "scores.png"]
     text = readme.read_text()
     for name in names:
         data = (out / name).read_bytes()
@@ -229,10 +230,15 @@ def test_cli(runs, tmp_path):
         command = [sys.executable, "-m", "speechssl.cli", "report", *args, f"hydra.run.dir={tmp_path}/hydra"]
         return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
-    run = speechssl(f"runs={runs}", "out=table")
+    run = speechssl(f"runs={runs}", "out=table", "name=REPORT.md")
     assert run.returncode == 0, run.stderr
     assert "| fbank " in run.stdout and "58.00%" in run.stdout and "sweeps" not in run.stdout  # the tables only
-    assert (tmp_path / "table" / "README.md").exists() and (tmp_path / "table" / "results.tsv").exists()
+    assert (tmp_path / "table" / "REPORT.md").exists() and (tmp_path / "table" / "results.tsv").exists()
+    assert "## Beside SUPERB's published figures" in (tmp_path / "table" / "REPORT.md").read_text()
+    run = speechssl(f"runs={runs}", "out=table", "name=../x.md")
+    assert run.returncode == 1 and "ending in .md" in run.stderr
+    run = speechssl(f"runs={runs}", "out=table", f"stages={tmp_path}/none.json")
+    assert run.returncode == 1 and "none.json: no such file" in run.stderr
     run = speechssl(f"runs={tmp_path}/missing")
     assert run.returncode == 1 and "missing: no such folder" in run.stderr and "Traceback" not in run.stderr
 
@@ -370,3 +376,89 @@ def test_a_task_without_dev_split_is_reported(tmp_path):
     lines = results_tables(load_benchmark(root)).splitlines()
     assert "ASV EER ↓" in next(line for line in lines if line.startswith("| upstream"))
     assert "12.50%" in next(line for line in lines if line.startswith("| fbank"))
+
+
+# -- the reading, SUPERB's figures, the stage times ------------------------------------------
+
+
+def section(text, title):
+    return text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_reading_names_the_best_its_ties_fbank_and_the_control(tmp_path):
+    fbank = flags(300, 0.6, 0)
+    apc = [{"correct": 1} if i < 60 else dict(o) for i, o in enumerate(fbank)]  # far ahead of fbank, paired
+    mfcc = [dict(o) for o in apc]
+    mfcc[next(i for i, o in enumerate(apc) if o["correct"])]["correct"] = 0  # one behind apc: not separable
+    control = [{"correct": 0} if i < 60 else dict(o) for i, o in enumerate(fbank)]  # far behind
+    write_scored_run(tmp_path / "fbank", "fbank", fbank, dev=0.5)
+    write_scored_run(tmp_path / "apc", "apc", apc, dev=0.6, ckpt=APC_CKPT, label="apc")
+    write_scored_run(tmp_path / "apc_random", "apc", control, dev=0.4, ckpt=APC_CKPT, label="apc", init="random",
+                     init_seed=0)
+    write_scored_run(tmp_path / "mfcc", "mfcc", mfcc, dev=0.6)
+    text = report(tmp_path).read_text()
+    assert list(main_table(text)) == ["upstream", "apc", "apc (random init)", "fbank", "mfcc", "*chance*"]
+    reading = section(text, "Reading")
+    ks = next(line for line in reading.splitlines() if line.startswith("- **KS**"))
+    assert ks.startswith(f"- **KS** (accuracy ↑): apc is best at {100 * ACCURACY(apc):.2f}%; "
+                         "the test set cannot separate it from mfcc.")
+    assert "Above fbank, separated: apc;" in ks  # mfcc is a baseline feature, not a pretrained upstream
+    assert "apc beats its random-init control" in ks
+    assert "no better than chance" not in ks
+    assert "on the most tasks (1 of 1): apc, mfcc." in reading
+
+
+def test_the_reading_says_when_nothing_is_separated_and_what_is_at_chance(tmp_path):
+    for name, seed in (("fbank", 0), ("mel", 1)):  # 12 classes: chance 1/12; both at about 8%
+        write_scored_run(tmp_path / name, name, flags(60, 1 / 12, seed), dev=0.1)
+    line = next(l for l in section(report(tmp_path).read_text(), "Reading").splitlines() if l.startswith("- **KS**"))
+    assert "but the test set separates it from none of the others" in line
+    assert line.endswith("; no better than chance (8.33%): fbank, mel.")  # both intervals reach chance
+
+
+def test_superb_figures_beside_ours_with_the_rank_correlation(tmp_path):
+    reference = read_reference()
+    assert reference.scores["hubert"]["ks"] == pytest.approx(0.9630) and reference.scores["apc"]["qbe"] == 0.0310
+    assert "Yang et al." in reference.source
+    # KS in SUPERB: fbank 8.63 < apc 91.01 < wav2vec2 96.23 < hubert 96.30; ours swap the last two
+    for name, score in (("fbank", 0.2), ("apc", 0.5), ("wav2vec2", 0.9), ("hubert", 0.8)):
+        write_run(tmp_path / name, name, "ks", 1e-3, dev=score, test=score, layers=2, curves=False,
+                  ckpt=None if name == "fbank" else f"runs/{name}/last")
+    write_run(tmp_path / "control", "apc", "ks", 1e-3, dev=0.1, test=0.1, curves=False, init="random")
+    write_run(tmp_path / "pr_fbank", "fbank", "pr", 1e-3, dev=0.8, test=0.8, curves=False)
+    text = report(tmp_path).read_text()
+    table = section(text, "Beside SUPERB's published figures")
+    rows = {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+                                  if line.startswith("| ") and "---" not in line)}
+    assert rows["hubert (runs/hubert/last)"][1] == "80.00% / 96.30%"
+    assert rows["fbank"] == ["80.00% / 82.01%", "20.00% / 8.63%"]
+    assert "apc (random init)" not in table  # the paper has no controls
+    ours, theirs = [0.2, 0.5, 0.9, 0.8], [8.63, 91.01, 96.23, 96.30]
+    rho = np.corrcoef(np.argsort(np.argsort(ours)), np.argsort(np.argsort(theirs)))[0, 1]  # ranks, no ties
+    assert rho == pytest.approx(0.8)
+    assert rows["*rank correlation*"] == ["*ρ: – (n = 1)*", f"*ρ = {rho:+.2f} (n = 4)*"]
+
+
+def test_spearman_ranks_ties_by_their_mean():
+    ours, theirs = [1.0, 2.0, 2.0, 3.0], [10.0, 20.0, 30.0, 40.0]
+    ranks = np.array([1, 2.5, 2.5, 4])  # the tied pair shares ranks 2 and 3
+    assert spearman(ours, theirs) == pytest.approx(np.corrcoef(ranks, [1, 2, 3, 4])[0, 1])
+    assert spearman([1.0, 2.0], [1.0, 2.0]) is None and spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
+
+
+def test_a_malformed_reference_is_named(tmp_path):
+    path = tmp_path / "ref.tsv"
+    path.write_text("# source\nupstream\tKS_acc\napc\tninety\n")
+    with pytest.raises(ConfigError, match="ref.tsv:3: KS_acc='ninety' is not a number"):
+        read_reference(path)
+
+
+def test_stage_times_and_the_machine_from_a_pipeline(tmp_path, runs):
+    summary = {"pipeline": "demo", "jobs": 2, "threads_per_stage": "1", "seconds": 30.0, "wall_seconds": 20.0,
+               "finished": 2, "total": 3, "machine": {"cpu": "Test CPU", "cores": 2, "torch": "2.0", "gpu": None},
+               "stages": [{"name": "synth", "seconds": 10.0}, {"name": "pretrain_apc", "seconds": 20.0}]}
+    (tmp_path / "pipeline.json").write_text(json.dumps(summary))
+    text = report(runs, tmp_path / "out", name="REPORT.md", stages=tmp_path / "pipeline.json").read_text()
+    times = section(text, "Machine and stage times")
+    assert "Machine: Test CPU, 2 cores, torch 2.0, no GPU; pipeline `demo`, 2 stage(s) at a time" in times
+    assert "| `pretrain_apc`     |      20 |" in times and "*all stages (sum)*" in times and "2 of 3 stages" in times
