@@ -392,6 +392,10 @@ def plot_scores(bench: Benchmark, corpus: str, path: Path) -> bool:
             ax.axvline(scale * info.chance, color="gray", linestyle="--", linewidth=1)
         ax.set_title(f"{task.upper()} {info.metric_name} {'↑' if info.higher_is_better else '↓'}", fontsize="medium")
         ax.set_xlabel("%" if info.unit == "%" else info.metric_name)
+        ends = [scale * v for row in cells.values() if not math.isnan(row.score)
+                for v in (row.score, *(row.interval or ()))] + [scale * (info.chance or 0.0)]  # fmt: skip
+        low, high = min(0.0, *ends), max(ends)  # bars start at 0 (an MTWV may go below it)
+        ax.set_xlim(low, 1.05 * high if high > low else low + (100 if info.unit == "%" else 1))
         ax.grid(axis="x", alpha=0.3)
     for ax in axes.flat[len(tasks):]:
         ax.set_axis_off()
