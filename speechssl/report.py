@@ -17,7 +17,9 @@ The report folder gets:
   paired bootstrap where two runs scored the same utterances, from their
   ``test_outcomes.tsv``; else whether their intervals overlap); a table per
   swept (upstream, task): lr -> dev, test, the chosen run marked; the plots
-  below, embedded.
+  below, embedded. With many upstreams (``MANY_UPSTREAMS``) it keeps the pairs
+  the reading rests on and the sweeps in short; ``differences.md`` and
+  ``sweeps.md`` then hold every pair and every sweep table.
 - ``layer_weights_<upstream>.png``: per upstream, a bar chart per task of the
   chosen run's learned weights of the hidden states (SUPERB's weighted sum).
 - ``curves_<task>.png``: training loss and dev metric against step, one line
@@ -50,6 +52,11 @@ from speechssl.errors import ConfigError
 from speechssl.superb import COLUMNS, REFERENCE, Reference, read_reference, spearman
 
 BASELINES = ("fbank", "mfcc", "mel")  # features, not pretrained upstreams: the reading compares upstreams with fbank
+# From this many upstreams on a corpus (the demo has 12: 66 pairs a task), the report lists only the key
+# pairs of each task and the sweeps in short; every pair and every sweep table go to DIFFERENCES and SWEEPS.
+MANY_UPSTREAMS = 6
+DIFFERENCES = "differences.md"
+SWEEPS = "sweeps.md"
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +132,23 @@ def results_tables(bench: Benchmark) -> str:
     return "\n\n".join(parts) + "\n\n" + footnote
 
 
-def difference_tables(bench: Benchmark) -> str:
+def difference_tables(bench: Benchmark, key_pairs: bool = False) -> str:
     """Per corpus, every two upstreams of a task: the test difference, its paired interval, whether it is separated.
 
-    Empty when no two rows of a task have intervals (runs from before they were recorded).
+    ``key_pairs``: only the pairs the reading rests on (those with the task's best upstream, with a
+    baseline such as fbank, and a pretrained upstream with its random-init control). Empty when no two
+    rows of a task have intervals (runs from before they were recorded).
     """
     parts = []
     for corpus in bench.corpora:
         rows = [["task", "better", "than", "Δ", "95% interval of Δ", "separated"]]
         for task in bench.tasks(corpus):
             info = bench.task_info(corpus, task)
-            for d in compare(bench, corpus, task)[1]:
+            cells, differences = compare(bench, corpus, task)
+            best = _best_labels(cells)
+            for d in differences:
+                if key_pairs and not _key_pair(cells, best, d.better, d.worse):
+                    continue
                 interval = "–" if d.interval is None else (
                     f"[{_format_delta(d.interval[0], info.unit)}, {_format_delta(d.interval[1], info.unit)}]")
                 how = "paired" if d.interval is not None else "intervals"
@@ -179,6 +192,30 @@ def sweep_tables(bench: Benchmark) -> str:
             ])
         right = {int(seeds) + i for i in (1, 2, 3)}
         parts.append(f"### {label} · {column_header(info)} · {corpus}\n\n{_markdown_table(rows, right=right)}")
+    return "\n\n".join(parts)
+
+
+def sweep_summary(bench: Benchmark) -> str:
+    """The sweeps in short: per corpus and task, each upstream's learning rates with their dev scores, the
+    chosen one(s) in bold (a control of several init seeds: one group per seed)."""
+    parts = []
+    for corpus in bench.corpora:
+        for task in bench.tasks(corpus):
+            rows, info = [], bench.task_info(corpus, task)
+            for label in bench.labels(corpus):
+                sweep = bench.sweeps.get((label, corpus, task))
+                if sweep is None or len(sweep.runs) < 2:
+                    continue
+                seeds = len(sweep.chosen_runs) > 1
+                cells = []
+                for run in sweep.runs:
+                    cell = f"{'–' if run.lr is None else f'{run.lr:g}'}: {format_score(run.dev, run.unit)}"
+                    cell = f"**{cell}**" if any(run is c for c in sweep.chosen_runs) else cell
+                    cells.append(f"seed {run.init_seed} {cell}" if seeds else cell)
+                rows.append([label, " · ".join(cells)])
+            if rows:
+                header = [["upstream", f"lr: dev {info.metric_name} (chosen in bold)"]]
+                parts.append(f"### {column_header(info)} · {corpus}\n\n{_markdown_table(header + rows, right=())}")
     return "\n\n".join(parts)
 
 
@@ -482,10 +519,21 @@ def write_report(bench: Benchmark, out_dir: str | os.PathLike | None = None, nam
     superb = superb_table(bench, read_reference(reference)) if reference is not None else ""
     if superb:
         sections += ["## Beside SUPERB's published figures", superb]
+    many = max((len(bench.labels(corpus)) for corpus in bench.corpora), default=0) >= MANY_UPSTREAMS
     differences = difference_tables(bench)
+    if differences and many:
+        _write_appendix(out_dir / DIFFERENCES, "Differences between upstreams: every pair", differences, name)
+        differences = (f"The pairs the reading rests on: with each task's best upstream, with fbank, and each "
+                       f"pretrained upstream with its random-init control. Every pair: [{DIFFERENCES}]({DIFFERENCES})."
+                       f"\n\n{difference_tables(bench, key_pairs=True)}")
     if differences:
         sections += ["## Differences between upstreams", differences]
     sweeps = sweep_tables(bench)
+    if sweeps and many:
+        _write_appendix(out_dir / SWEEPS, "Learning-rate sweeps", sweeps, name)
+        sweeps = (f"Each upstream's dev score at each learning rate tried; the test score in the table is the "
+                  f"chosen rate's. Each sweep's runs, their test scores and folders: [{SWEEPS}]({SWEEPS})."
+                  f"\n\n{sweep_summary(bench)}")
     if sweeps:
         sections += ["## Learning-rate sweeps", sweeps]
     weights = []
@@ -537,6 +585,19 @@ def _write_tsv(bench: Benchmark, path: Path) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+def _write_appendix(path: Path, title: str, body: str, report: str) -> None:
+    text = f"# {title}\n\nPart of [the report]({report}) (`speechssl report`).\n\n{body}\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _key_pair(rows: dict[str, Row], best: set[str], first: str, second: str) -> bool:
+    """A pair the reading rests on: one of them the task's best or a baseline, or an upstream and its control."""
+    pair = {first, second}
+    if pair & best or any(rows[label].runs[0].upstream in BASELINES for label in pair):
+        return True
+    return _control_of(rows, first) == second or _control_of(rows, second) == first
 
 
 def _names(labels: list[str]) -> str:

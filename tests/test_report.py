@@ -462,3 +462,27 @@ def test_stage_times_and_the_machine_from_a_pipeline(tmp_path, runs):
     times = section(text, "Machine and stage times")
     assert "Machine: Test CPU, 2 cores, torch 2.0, no GPU; pipeline `demo`, 2 stage(s) at a time" in times
     assert "| `pretrain_apc`     |      20 |" in times and "*all stages (sum)*" in times and "2 of 3 stages" in times
+
+
+def test_with_many_upstreams_the_report_keeps_the_key_pairs_and_the_sweeps_in_short(tmp_path):
+    runs = tmp_path / "runs"
+    accuracy = {"fbank": 0.6, "apc": 0.7, "tera": 0.65, "cpc": 0.5, "mockingjay": 0.55, "hubert": 0.9}
+    for n, (name, p) in enumerate(accuracy.items()):
+        ckpt = None if name == "fbank" else f"runs/{name}/last"
+        for lr, dev in ((1e-3, p - 0.1), (1e-2, p)):  # the higher rate wins on dev
+            write_scored_run(runs / name / str(lr), name, flags(300, p, n), dev=dev, lr=lr, ckpt=ckpt, label=name)
+    write_scored_run(runs / "apc_random" / "0", "apc", flags(300, 0.3, 9), dev=0.3, ckpt="runs/apc/last",
+                     label="apc", init="random", init_seed=0)
+    text = report(runs, tmp_path / "out").read_text()
+    labels = [*accuracy, "apc (random init)"]
+    pairs = {frozenset(pair) for pair in difference_rows(text)}
+    key = {frozenset((a, b)) for a in labels for b in labels if a != b and {a, b} & {"hubert", "fbank"}}
+    assert pairs == key | {frozenset(("apc", "apc (random init)"))}  # the best's, fbank's, and the control's
+    every = difference_rows((tmp_path / "out" / "differences.md").read_text().replace("# Differences", "## Differences"))
+    assert len(every) == 7 * 6 // 2 and "(differences.md)" in text
+
+    short = section(text, "Learning-rate sweeps")
+    assert "| hubert " in short and "0.001: 80.00% · **0.01: 90.00%**" in short and "(sweeps.md)" in short
+    assert "apc (random init)" not in short  # one run: no sweep
+    full = (tmp_path / "out" / "sweeps.md").read_text()
+    assert full.count("\n### ") == 6 and "`hubert/0.01`" in full and "Part of [the report](README.md)" in full
