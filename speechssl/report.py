@@ -63,6 +63,11 @@ log = logging.getLogger(__name__)
 # -- Markdown ----------------------------------------------------------------------------
 
 
+def task_name(task: str) -> str:
+    """A task's name as SUPERB writes it: ``pr`` -> ``PR``, ``qbe`` -> ``QbE``."""
+    return {"qbe": "QbE"}.get(task, task.upper())
+
+
 def format_score(value: float | None, unit: str) -> str:
     """``0.4812`` -> ``48.12%`` for a percent metric (``unit="%"``); others to 4 significant digits."""
     if value is None:
@@ -99,7 +104,7 @@ def _format_delta(value: float, unit: str) -> str:
 def column_header(run: BenchmarkRun) -> str:
     """``KS accuracy ↑``: the task, its metric and which way is better."""
     arrow = "↑" if run.higher_is_better else "↓"
-    return f"{run.task.upper()} {run.metric_name} {arrow}"
+    return f"{task_name(run.task)} {run.metric_name} {arrow}"
 
 
 def results_tables(bench: Benchmark) -> str:
@@ -252,7 +257,7 @@ def reading(bench: Benchmark) -> str:
                     and not separated.get((label, best), False)]  # fmt: skip
             for label in [best, *ties]:
                 wins[label] = wins.get(label, 0) + 1
-            head = f"**{task.upper()}** ({info.metric_name} {'↑' if info.higher_is_better else '↓'}): "
+            head = f"**{task_name(task)}** ({info.metric_name} {'↑' if info.higher_is_better else '↓'}): "
             head += f"{best} is best at {format_score(scored[best].score, info.unit)}"
             if len(scored) == 1:
                 line = head + ", the only row."
@@ -310,7 +315,7 @@ def superb_table(bench: Benchmark, reference: Reference) -> str:
                 matched.setdefault(runs[0].upstream, label)
         if not matched or not tasks:
             continue
-        header = ["upstream", *(f"{task.upper()} {COLUMNS[task][1]} {_arrow(bench, corpus, task)} ours / SUPERB"
+        header = ["upstream", *(f"{task_name(task)} {COLUMNS[task][1]} {_arrow(bench, corpus, task)} ours / SUPERB"
                                 for task in tasks)]  # fmt: skip
         rows, pairs = [header], {task: ([], []) for task in tasks}
         for upstream, label in matched.items():
@@ -388,7 +393,7 @@ def plot_layer_weights(bench: Benchmark, label: str, path: Path) -> bool:
         used = sum(1 for w in run.layer_weights if w > 0) or len(run.layer_weights)
         ax.axhline(1 / used, color="gray", linestyle="--", linewidth=1)
         corpus = f" · {run.corpus}" if len(bench.corpora) > 1 else ""
-        ax.set_title(f"{run.task.upper()}{corpus}" + (f" (lr {run.lr:g})" if run.lr is not None else ""))
+        ax.set_title(f"{task_name(run.task)}{corpus}" + (f" (lr {run.lr:g})" if run.lr is not None else ""))
         ax.set_xlabel("hidden state (0 = encoder input)")
         ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in axes.flat[len(chosen):]:
@@ -427,7 +432,7 @@ def plot_scores(bench: Benchmark, corpus: str, path: Path) -> bool:
                             color="black", capsize=2, linewidth=1)
         if info.chance is not None:
             ax.axvline(scale * info.chance, color="gray", linestyle="--", linewidth=1)
-        ax.set_title(f"{task.upper()} {info.metric_name} {'↑' if info.higher_is_better else '↓'}", fontsize="medium")
+        ax.set_title(f"{task_name(task)} {info.metric_name} {'↑' if info.higher_is_better else '↓'}", fontsize="medium")
         ax.set_xlabel("%" if info.unit == "%" else info.metric_name)
         ends = [scale * v for row in cells.values() if not math.isnan(row.score)
                 for v in (row.score, *(row.interval or ()))] + [scale * (info.chance or 0.0)]  # fmt: skip
@@ -476,7 +481,7 @@ def plot_curves(bench: Benchmark, corpus: str, task: str, path: Path) -> bool:
     for ax in (loss_ax, dev_ax):
         ax.grid(alpha=0.3)
     (dev_ax if any(devs for _, _, devs in lines) else loss_ax).legend(fontsize="small")
-    figure.suptitle(f"{task.upper()} on {corpus}: learning curves of the chosen runs")
+    figure.suptitle(f"{task_name(task)} on {corpus}: learning curves of the chosen runs")
     _save(figure, path)
     return True
 
@@ -549,7 +554,7 @@ def write_report(bench: Benchmark, out_dir: str | os.PathLike | None = None, nam
         for task in bench.tasks(corpus):
             plot = f"curves_{_slug(corpus) + '_' if multi_corpus else ''}{_slug(task)}.png"
             if plot_curves(bench, corpus, task, out_dir / plot):
-                curves.append(f"![learning curves of {task.upper()} on {corpus}]({plot})")
+                curves.append(f"![learning curves of {task_name(task)} on {corpus}]({plot})")
     if curves:
         sections += ["## Learning curves", *curves]
     if stages is not None:

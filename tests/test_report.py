@@ -15,6 +15,7 @@ from speechssl.errors import ConfigError
 from speechssl.report import (
     format_interval,
     format_score,
+    task_name,
     load_benchmark,
     read_curves,
     report,
@@ -179,6 +180,7 @@ def test_read_curves_skips_a_torn_line(tmp_path, caplog):
 
 
 def test_format_score():
+    assert [task_name(t) for t in ("pr", "qbe", "sid")] == ["PR", "QbE", "SID"]  # as SUPERB writes them
     assert format_score(0.4812, "%") == "48.12%"
     assert format_score(0.0541, "%") == "5.41%"
     assert format_score(12.3456, "") == "12.35"
