@@ -432,7 +432,7 @@ def plot_scores(bench: Benchmark, corpus: str, path: Path) -> bool:
                             color="black", capsize=2, linewidth=1)
         if info.chance is not None:
             ax.axvline(scale * info.chance, color="gray", linestyle="--", linewidth=1)
-        ax.set_title(f"{task_name(task)} {info.metric_name} {'↑' if info.higher_is_better else '↓'}", fontsize="medium")
+        ax.set_title(column_header(info), fontsize="medium")
         ax.set_xlabel("%" if info.unit == "%" else info.metric_name)
         ends = [scale * v for row in cells.values() if not math.isnan(row.score)
                 for v in (row.score, *(row.interval or ()))] + [scale * (info.chance or 0.0)]  # fmt: skip
