@@ -41,7 +41,12 @@ METRICS_FILE = "metrics.jsonl"
 TSV_COLUMNS = ["upstream", "ckpt", "layer", "trainable", "init", "init_seed", "corpus", "task", "metric", "dev", "test",
                "test_low", "test_high", "lr", "chosen", "run_dir"]
 
-# The order of SUPERB's tables (Yang et al., 2021, Table 1); other tasks follow by name.
+
+def task_name(task: str) -> str:
+    """A task's name as SUPERB writes it: ``pr`` -> ``PR``, ``qbe`` -> ``QbE``."""
+    return {"qbe": "QbE"}.get(task, task.upper())
+
+
 @dataclass(frozen=True)
 class BenchmarkRun:
     """One downstream run, as read from its ``results.json``."""
@@ -75,6 +80,16 @@ class BenchmarkRun:
     @property
     def metric_name(self) -> str:
         return self.metric_label or self.metric
+
+    @property
+    def column_header(self) -> str:
+        """``KS accuracy ↑``: the task, its metric and which way is better."""
+        return f"{task_name(self.task)} {self.metric_name} {'↑' if self.higher_is_better else '↓'}"
+
+    @property
+    def table_key(self) -> tuple:
+        """Upstream, corpus, then the task's column (SUPERB's table order, which the run's task wrote)."""
+        return (self.label, self.corpus, self.order, self.task)
 
     @property
     def label(self) -> str:
@@ -127,6 +142,10 @@ class Sweep:
 
     def __post_init__(self) -> None:
         self.chosen_runs = self.chosen_runs or [self.chosen]
+
+    def is_chosen(self, run: BenchmarkRun) -> bool:
+        """Whether ``run`` is one of the chosen runs (by identity: two runs may hold equal numbers)."""
+        return any(run is c for c in self.chosen_runs)
 
 
 @dataclass

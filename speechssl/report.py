@@ -45,10 +45,11 @@ from speechssl.benchmark_runs import (
     Row,
     compare,
     load_benchmark,
-    read_curves,
+    task_name,
 )
 from speechssl.checkpoint import atomic_write
 from speechssl.errors import ConfigError
+from speechssl.plots import plot_curves, plot_layer_weights, plot_scores
 from speechssl.superb import COLUMNS, REFERENCE, Reference, read_reference, spearman
 
 BASELINES = ("fbank", "mfcc", "mel")  # features, not pretrained upstreams: the reading compares upstreams with fbank
@@ -61,11 +62,6 @@ SWEEPS = "sweeps.md"
 log = logging.getLogger(__name__)
 
 # -- Markdown ----------------------------------------------------------------------------
-
-
-def task_name(task: str) -> str:
-    """A task's name as SUPERB writes it: ``pr`` -> ``PR``, ``qbe`` -> ``QbE``."""
-    return {"qbe": "QbE"}.get(task, task.upper())
 
 
 def format_score(value: float | None, unit: str) -> str:
@@ -101,19 +97,13 @@ def _format_delta(value: float, unit: str) -> str:
     return f"{100 * value:+.2f}" if unit == "%" else f"{value:+.4g}"
 
 
-def column_header(run: BenchmarkRun) -> str:
-    """``KS accuracy ↑``: the task, its metric and which way is better."""
-    arrow = "↑" if run.higher_is_better else "↓"
-    return f"{task_name(run.task)} {run.metric_name} {arrow}"
-
-
 def results_tables(bench: Benchmark) -> str:
     """The main tables, one per corpus: upstreams x tasks, test metric of the best-dev run, and chance levels."""
     parts = []
     for corpus in bench.corpora:
         tasks = bench.tasks(corpus)
         infos = [bench.task_info(corpus, task) for task in tasks]
-        rows = [["upstream", *map(column_header, infos)]]
+        rows = [["upstream", *(info.column_header for info in infos)]]
         compared = {task: compare(bench, corpus, task)[0] for task in tasks}
         best = {task: _best_labels(compared[task]) for task in tasks}
         for label in bench.labels(corpus):
@@ -157,7 +147,7 @@ def difference_tables(bench: Benchmark, key_pairs: bool = False) -> str:
                 interval = "–" if d.interval is None else (
                     f"[{_format_delta(d.interval[0], info.unit)}, {_format_delta(d.interval[1], info.unit)}]")
                 how = "paired" if d.interval is not None else "intervals"
-                rows.append([column_header(info), d.better, d.worse, _format_delta(d.delta, info.unit), interval,
+                rows.append([info.column_header, d.better, d.worse, _format_delta(d.delta, info.unit), interval,
                              f"{'✓' if d.separated else 'no'} ({how})"])
         if len(rows) > 1:
             parts.append(f"### {corpus}\n\n{_markdown_table(rows, right={3, 4})}")
@@ -176,7 +166,7 @@ def difference_tables(bench: Benchmark, key_pairs: bool = False) -> str:
 def sweep_tables(bench: Benchmark) -> str:
     """One table per swept (upstream, corpus, task): lr, dev, test, steps, run folder; the chosen run marked ✓."""
     parts = []
-    for (label, corpus, task), sweep in sorted(bench.sweeps.items(), key=lambda kv: _run_key(kv[1].chosen)):
+    for (label, corpus, task), sweep in sorted(bench.sweeps.items(), key=lambda kv: kv[1].chosen.table_key):
         if len(sweep.runs) < 2:
             continue
         info = sweep.chosen
@@ -193,10 +183,10 @@ def sweep_tables(bench: Benchmark) -> str:
                 test,
                 "–" if run.step is None else str(run.step),
                 f"`{_relative(run.run_dir, bench.runs_dir)}`",
-                "✓" if any(run is c for c in sweep.chosen_runs) else "",
+                "✓" if sweep.is_chosen(run) else "",
             ])
         right = {int(seeds) + i for i in (1, 2, 3)}
-        parts.append(f"### {label} · {column_header(info)} · {corpus}\n\n{_markdown_table(rows, right=right)}")
+        parts.append(f"### {label} · {info.column_header} · {corpus}\n\n{_markdown_table(rows, right=right)}")
     return "\n\n".join(parts)
 
 
@@ -215,12 +205,12 @@ def sweep_summary(bench: Benchmark) -> str:
                 cells = []
                 for run in sweep.runs:
                     cell = f"{'–' if run.lr is None else f'{run.lr:g}'}: {format_score(run.dev, run.unit)}"
-                    cell = f"**{cell}**" if any(run is c for c in sweep.chosen_runs) else cell
+                    cell = f"**{cell}**" if sweep.is_chosen(run) else cell
                     cells.append(f"seed {run.init_seed} {cell}" if seeds else cell)
                 rows.append([label, " · ".join(cells)])
             if rows:
                 header = [["upstream", f"lr: dev {info.metric_name} (chosen in bold)"]]
-                parts.append(f"### {column_header(info)} · {corpus}\n\n{_markdown_table(header + rows, right=())}")
+                parts.append(f"### {info.column_header} · {corpus}\n\n{_markdown_table(header + rows, right=())}")
     return "\n\n".join(parts)
 
 
@@ -370,133 +360,6 @@ def stages_table(path: str | os.PathLike) -> str:
     return text + "\n\n" + _markdown_table(rows, right={1})
 
 
-# -- plots -------------------------------------------------------------------------------
-
-
-def plot_layer_weights(bench: Benchmark, label: str, path: Path) -> bool:
-    """Bar charts of the chosen runs' layer weights of one upstream, a subplot per (corpus, task).
-
-    Returns ``False`` (and writes nothing) when no chosen run has more than one
-    weight: a baseline such as ``fbank`` has a single hidden state.
-    """
-    chosen = [s.chosen for (lab, _, _), s in sorted(bench.sweeps.items(), key=lambda kv: _run_key(kv[1].chosen))
-              if lab == label and s.chosen.layer_weights and len(s.chosen.layer_weights) > 1]
-    if not chosen:
-        return False
-    cols = min(3, len(chosen))
-    rows = math.ceil(len(chosen) / cols)
-    figure = _figure(width=max(4.5, 3.6 * cols), height=0.5 + 2.8 * rows)
-    axes = figure.subplots(rows, cols, sharey=True, squeeze=False)
-    for ax, run in zip(axes.flat, chosen):
-        ax.bar(range(len(run.layer_weights)), run.layer_weights, color="tab:blue")
-        # uniform over the states that take part (the Featurizer gives states of another size weight 0)
-        used = sum(1 for w in run.layer_weights if w > 0) or len(run.layer_weights)
-        ax.axhline(1 / used, color="gray", linestyle="--", linewidth=1)
-        corpus = f" · {run.corpus}" if len(bench.corpora) > 1 else ""
-        ax.set_title(f"{task_name(run.task)}{corpus}" + (f" (lr {run.lr:g})" if run.lr is not None else ""))
-        ax.set_xlabel("hidden state (0 = encoder input)")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in axes.flat[len(chosen):]:
-        ax.set_axis_off()
-    for ax in axes[:, 0]:
-        ax.set_ylabel("learned weight")
-    figure.suptitle(f"{label}: learned layer weights (dashed: uniform)")
-    _save(figure, path)
-    return True
-
-
-def plot_scores(bench: Benchmark, corpus: str, path: Path) -> bool:
-    """The results table as bars: a panel per task, a bar per upstream (its test score, the 95%
-    interval as a whisker), the chance level dashed. Returns ``False`` when there is nothing to draw."""
-    tasks = bench.tasks(corpus)
-    labels = bench.labels(corpus)
-    if not tasks or not labels:
-        return False
-    cols = min(5, len(tasks))
-    rows = math.ceil(len(tasks) / cols)
-    figure = _figure(width=2.2 + 2.3 * cols, height=0.8 + (0.25 * len(labels) + 0.9) * rows)
-    axes = figure.subplots(rows, cols, sharey=True, squeeze=False)
-    for ax, task in zip(axes.flat, tasks):
-        info = bench.task_info(corpus, task)
-        scale = 100 if info.unit == "%" else 1
-        cells = compare(bench, corpus, task)[0]
-        for y, label in enumerate(labels):
-            row = cells.get(label)
-            if row is None or math.isnan(row.score):
-                continue
-            control = row.runs[0].init == "random"
-            ax.barh(y, scale * row.score, color="lightgray" if control else f"C{y % 10}", height=0.7)
-            if row.interval is not None:
-                low, high = (scale * v for v in row.interval)
-                ax.errorbar(scale * row.score, y, xerr=[[scale * row.score - low], [high - scale * row.score]],
-                            color="black", capsize=2, linewidth=1)
-        if info.chance is not None:
-            ax.axvline(scale * info.chance, color="gray", linestyle="--", linewidth=1)
-        ax.set_title(column_header(info), fontsize="medium")
-        ax.set_xlabel("%" if info.unit == "%" else info.metric_name)
-        ends = [scale * v for row in cells.values() if not math.isnan(row.score)
-                for v in (row.score, *(row.interval or ()))] + [scale * (info.chance or 0.0)]  # fmt: skip
-        low, high = min(0.0, *ends), max(ends)  # bars start at 0 (an MTWV may go below it)
-        ax.set_xlim(low, 1.05 * high if high > low else low + (100 if info.unit == "%" else 1))
-        ax.grid(axis="x", alpha=0.3)
-    for ax in axes.flat[len(tasks):]:
-        ax.set_axis_off()
-    for ax in axes[:, 0]:
-        ax.set_yticks(range(len(labels)), labels, fontsize="small")
-        ax.invert_yaxis()
-    figure.suptitle(f"{corpus}: test scores with 95% intervals (dashed: chance; gray: random-init controls)")
-    _save(figure, path)
-    return True
-
-
-def plot_curves(bench: Benchmark, corpus: str, task: str, path: Path) -> bool:
-    """Training loss and dev metric against step for a task, one line per upstream (its chosen run).
-
-    Returns ``False`` (and writes nothing) when no chosen run logged any metrics.
-    """
-    info = bench.task_info(corpus, task)
-    percent = info.unit == "%"
-    lines = []
-    for label in bench.labels(corpus):
-        sweep = bench.sweeps.get((label, corpus, task))
-        if sweep is not None:
-            losses, devs = read_curves(sweep.chosen.run_dir, info.metric)
-            if losses or devs:
-                lines.append((label, losses, devs))
-    if not lines:
-        return False
-    figure = _figure(width=10.0, height=3.8)
-    loss_ax, dev_ax = figure.subplots(1, 2)
-    for i, (label, losses, devs) in enumerate(lines):
-        color = f"C{i}"  # one colour per upstream in both panels
-        if losses:
-            loss_ax.plot(*zip(*losses), color=color, label=label)
-        if devs:
-            dev_ax.plot([s for s, _ in devs], [100 * v if percent else v for _, v in devs], color=color, marker="o",
-                        label=label)
-    metric = info.metric_name
-    loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
-    dev_ax.set(title=f"dev {metric} {'↑' if info.higher_is_better else '↓'}", xlabel="step",
-               ylabel=f"{metric} (%)" if percent else metric)
-    for ax in (loss_ax, dev_ax):
-        ax.grid(alpha=0.3)
-    (dev_ax if any(devs for _, _, devs in lines) else loss_ax).legend(fontsize="small")
-    figure.suptitle(f"{task_name(task)} on {corpus}: learning curves of the chosen runs")
-    _save(figure, path)
-    return True
-
-
-def _figure(width: float, height: float):
-    """A Matplotlib figure drawn by Agg: no pyplot, no global backend, no display needed."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _save(figure, path: Path) -> None:
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-
-
 # -- the report --------------------------------------------------------------------------
 
 
@@ -531,6 +394,8 @@ def write_report(bench: Benchmark, out_dir: str | os.PathLike | None = None, nam
         differences = (f"The pairs the reading rests on: with each task's best upstream, with fbank, and each "
                        f"pretrained upstream with its random-init control. Every pair: [{DIFFERENCES}]({DIFFERENCES})."
                        f"\n\n{difference_tables(bench, key_pairs=True)}")
+    else:
+        _remove_appendix(out_dir / DIFFERENCES, name)  # an earlier report's, with more upstreams: now stale
     if differences:
         sections += ["## Differences between upstreams", differences]
     sweeps = sweep_tables(bench)
@@ -539,6 +404,8 @@ def write_report(bench: Benchmark, out_dir: str | os.PathLike | None = None, nam
         sweeps = (f"Each upstream's dev score at each learning rate tried; the test score in the table is the "
                   f"chosen rate's. Each sweep's runs, their test scores and folders: [{SWEEPS}]({SWEEPS})."
                   f"\n\n{sweep_summary(bench)}")
+    else:
+        _remove_appendix(out_dir / SWEEPS, name)
     if sweeps:
         sections += ["## Learning-rate sweeps", sweeps]
     weights = []
@@ -579,7 +446,7 @@ def _write_tsv(bench: Benchmark, path: Path) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             writer.writerow(TSV_COLUMNS)
-            for run in sorted(bench.runs, key=lambda r: (_run_key(r), r.seed_key, r.lr or 0.0)):
+            for run in sorted(bench.runs, key=lambda r: (r.table_key, r.seed_key, r.lr or 0.0)):
                 low, high = ("", "") if run.test_interval is None else map(repr, run.test_interval)
                 writer.writerow([run.upstream, run.ckpt or "", run.layer, int(run.trainable), run.init,
                                  "" if run.init_seed is None else run.init_seed, run.corpus, run.task,
@@ -592,9 +459,25 @@ def _write_tsv(bench: Benchmark, path: Path) -> None:
 # -- helpers -----------------------------------------------------------------------------
 
 
+def _appendix_line(report: str) -> str:
+    return f"Part of [the report]({report}) (`speechssl report`)."
+
+
 def _write_appendix(path: Path, title: str, body: str, report: str) -> None:
-    text = f"# {title}\n\nPart of [the report]({report}) (`speechssl report`).\n\n{body}\n"
+    text = f"# {title}\n\n{_appendix_line(report)}\n\n{body}\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _remove_appendix(path: Path, report: str) -> None:
+    """Remove an appendix an earlier ``report`` of this name wrote here; any other file is left as it is."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [f.readline() for _ in range(3)]
+    except FileNotFoundError:
+        return
+    if lines[0].startswith("# ") and lines[2].rstrip("\n") == _appendix_line(report):
+        path.unlink()
+        log.info("removed %s: this report lists every pair and sweep itself", path)
 
 
 def _key_pair(rows: dict[str, Row], best: set[str], first: str, second: str) -> bool:
@@ -640,11 +523,6 @@ def _best_labels(rows: dict[str, Row]) -> set[str]:
     top = max(scored.values())
     best = {label for label, score in scored.items() if score == top}
     return set() if len(best) == len(rows) else best  # all tied: nobody is best
-
-
-def _run_key(run: BenchmarkRun) -> tuple:
-    """Upstream, corpus, then the task's column (SUPERB's table order, which the run's task wrote)."""
-    return (run.label, run.corpus, run.order, run.task)
 
 
 def _relative(path: Path, root: Path) -> str:

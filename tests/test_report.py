@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -12,14 +13,14 @@ import pytest
 from speechssl.bootstrap import Ratio, bootstrap_interval, paired_difference_interval, separated, write_outcomes
 from speechssl.cli import COMMANDS
 from speechssl.errors import ConfigError
+from speechssl.benchmark_runs import read_curves
 from speechssl.report import (
     format_interval,
     format_score,
-    task_name,
     load_benchmark,
-    read_curves,
     report,
     results_tables,
+    task_name,
 )
 from speechssl.superb import read_reference, spearman
 
@@ -488,3 +489,16 @@ def test_with_many_upstreams_the_report_keeps_the_key_pairs_and_the_sweeps_in_sh
     assert "apc (random init)" not in short  # one run: no sweep
     full = (tmp_path / "out" / "sweeps.md").read_text()
     assert full.count("\n### ") == 6 and "`hubert/0.01`" in full and "Part of [the report](README.md)" in full
+
+    # rewritten into the same folder with fewer upstreams: the report holds every pair again, the appendices go
+    for name in ("tera", "cpc", "mockingjay", "hubert", "apc_random"):
+        shutil.rmtree(runs / name)
+    text = report(runs, tmp_path / "out").read_text()
+    assert not (tmp_path / "out" / "differences.md").exists() and not (tmp_path / "out" / "sweeps.md").exists()
+    assert "(differences.md)" not in text and "(sweeps.md)" not in text
+    assert len(difference_rows(text)) == 1
+    mine = tmp_path / "other" / "differences.md"  # a file the report did not write is left as it is
+    mine.parent.mkdir()
+    mine.write_text("# Differences\n\nMy own notes.\n")
+    report(runs, tmp_path / "other")
+    assert mine.read_text() == "# Differences\n\nMy own notes.\n"
