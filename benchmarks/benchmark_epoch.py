@@ -12,7 +12,6 @@ table into benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from speechssl.data.corpora import corpus_manifest
 from speechssl.data.sampler import bucket_batches
 from speechssl.data.synth import synthesize
 from speechssl.feature_cache import FeatureCache
+from hostinfo import machine
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Downstream epoch: feature cache vs recomputing the upstream (issue 7)"
@@ -45,15 +45,6 @@ def one_epoch(model, dataset, batches, recompute_upstream=None) -> float:
         optimizer.step()
         optimizer.zero_grad()
     return time.perf_counter() - start
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.python_version()}"
 
 
 def main() -> None:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import platform
-from pathlib import Path
-
 import torch
+
+from speechssl.pipeline import machine as machine_info
 
 
 def machine() -> str:
-    """``CPU <model>, <n> cores, torch <version>, Python <version>``."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    """``CPU <model>, <n> cores, torch <version> with <t> threads, Python <version>; GPU: <name or none>``.
+
+    The facts are :func:`speechssl.pipeline.machine`'s (the demo's report lists the same); the thread
+    count is torch's at the time of the call, which a benchmark may have set.
+    """
+    info = machine_info()
+    return (f"CPU {info['cpu']}, {info['cores']} cores, torch {info['torch']} with {torch.get_num_threads()} threads, "
+            f"Python {info['python']}; GPU: {info['gpu'] or 'none'}")

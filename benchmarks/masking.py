@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import os
-import platform
 import re
 import statistics
 import sys
@@ -35,6 +33,7 @@ from pathlib import Path
 import torch
 
 from speechssl.masking import frame_mask, lengths_to_mask, span_mask
+from hostinfo import machine
 
 SECTION = "## Masking (issue 4)"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -186,20 +185,6 @@ def frame_rows(peers, runs: int, device: str) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (GPU rows not run)"
-    return (
-        f"CPU {model}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-        f"Python {platform.python_version()}; GPU: {gpu}"
-    )
 
 
 def load_average() -> str:
