@@ -192,7 +192,7 @@ def assign_clusters(frames: torch.Tensor, centroids: torch.Tensor) -> torch.Tens
 def sample_frames(cache: FeatureCache, rows: list[dict], layer: int, max_frames: int, seed: int) -> np.ndarray:
     """``(N, D)`` float32: every frame of layer ``layer`` if there are at most ``max_frames``,
     else ``max_frames`` drawn uniformly without replacement with ``seed``."""
-    counts = np.array([_num_frames(cache, r["id"], layer) for r in rows], dtype=np.int64)
+    counts = np.array([cache.num_frames(r["id"], layer) for r in rows], dtype=np.int64)
     total = int(counts.sum())
     if total > max_frames:
         chosen = np.sort(np.random.default_rng(seed).choice(total, size=max_frames, replace=False))
@@ -203,20 +203,8 @@ def sample_frames(cache: FeatureCache, rows: list[dict], layer: int, max_frames:
     for i, row in enumerate(tqdm(rows, desc="k-means frames", unit="utt")):
         lo, hi = np.searchsorted(chosen, [starts[i], starts[i + 1]])
         if hi > lo:
-            parts.append(_layer(cache, row["id"], layer)[torch.from_numpy(chosen[lo:hi] - starts[i])].numpy())
+            parts.append(cache.load_layer(row["id"], layer)[torch.from_numpy(chosen[lo:hi] - starts[i])].numpy())
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
-def _num_frames(cache: FeatureCache, utt_id: str, layer: int) -> int:
-    with safe_open(str(cache.folder / cache.index[utt_id]["shard"]), framework="pt") as handle:
-        return handle.get_slice(f"{utt_id}/{layer}").get_shape()[0]
-
-
-def _layer(cache: FeatureCache, utt_id: str, layer: int) -> torch.Tensor:
-    """One hidden state ``(T, D)`` float32 of a cached utterance (the cache's own ``load`` reads every layer)."""
-    name = cache.index[utt_id]["shard"]
-    with safe_open(str(cache.folder / name), framework="pt") as handle:
-        return handle.get_tensor(f"{utt_id}/{layer}").float()
 
 
 # ----------------------------------------------------------------------------- the command
@@ -375,7 +363,7 @@ def _quality_stage(stages, out, key, context, cache, rows, layer, centroids, ups
 
 def _utterance_clusters(cache, row, layer, centroids, upstream, target) -> torch.Tensor:
     """Cluster ids ``(T,)`` of one utterance on the target model's frames of the whole utterance."""
-    clusters = assign_clusters(_layer(cache, row["id"], layer), centroids)
+    clusters = assign_clusters(cache.load_layer(row["id"], layer), centroids)
     num_frames = int(target.num_frames(torch.tensor(row["num_samples"])))
     return resample_frame_labels(clusters, num_frames, target.downsample_rate, upstream.downsample_rate)
 

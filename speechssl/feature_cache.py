@@ -129,20 +129,27 @@ class FeatureCache:
 
     def load(self, utt_id: str) -> list[torch.Tensor]:
         """Every hidden state of one utterance, float32 ``(T, D)`` each, layer 0 first."""
-        name = self.index[utt_id]["shard"]
-        if name not in self._open:
-            self._open[name] = safe_open(str(self.folder / name), framework="pt")
-        handle = self._open[name]
-        return [
-            handle.get_tensor(f"{utt_id}/{layer}").float() for layer in range(self.upstream.num_layers)
-        ]
+        handle = self._handle(utt_id)
+        return [handle.get_tensor(f"{utt_id}/{layer}").float() for layer in range(self.upstream.num_layers)]
+
+    def load_layer(self, utt_id: str, layer: int) -> torch.Tensor:
+        """One hidden state ``(T, D)`` float32 of one utterance, the others left unread."""
+        return self._handle(utt_id).get_tensor(f"{utt_id}/{layer}").float()
+
+    def num_frames(self, utt_id: str, layer: int = 0) -> int:
+        """The frames ``T`` of one utterance's hidden state ``layer``, read from the shard's header."""
+        return self._handle(utt_id).get_slice(f"{utt_id}/{layer}").get_shape()[0]
 
     def load_extra(self, utt_id: str, name: str) -> torch.Tensor:
         """The per-utterance output ``name`` of one utterance (see ``Upstream.extra_sizes``), float32 ``(D,)``."""
-        shard = self.index[utt_id]["shard"]
-        if shard not in self._open:
-            self._open[shard] = safe_open(str(self.folder / shard), framework="pt")
-        return self._open[shard].get_tensor(f"{utt_id}/extra/{name}").float()
+        return self._handle(utt_id).get_tensor(f"{utt_id}/extra/{name}").float()
+
+    def _handle(self, utt_id: str):
+        """The open safetensors shard that holds ``utt_id`` (opened once, kept)."""
+        name = self.index[utt_id]["shard"]
+        if name not in self._open:
+            self._open[name] = safe_open(str(self.folder / name), framework="pt")
+        return self._open[name]
 
     def _save_index(self) -> None:
         text = json.dumps(self.index)
