@@ -92,7 +92,7 @@ def test_hubert_two_iterations_composes_to_four_cli_stages_on_the_run_folder(tmp
 
     cli._register_schemas()
     overrides = ["upstream=hubert_tiny", "pipeline=two_iterations", "data.root=/corpus", f"hydra.run.dir={tmp_path}",
-                 "hydra.runtime.output_dir=" + str(tmp_path)]  # fmt: skip
+                 "pipeline.steps_2=700", "hydra.runtime.output_dir=" + str(tmp_path)]  # fmt: skip
     with initialize_config_dir(str(cli.CONFIG_DIR), version_base=None):
         cfg = compose("pretrain", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
@@ -106,6 +106,8 @@ def test_hubert_two_iterations_composes_to_four_cli_stages_on_the_run_folder(tmp
     assert "upstream=hubert_tiny" in commands["iteration_2"] and "upstream.iteration=2" in commands["iteration_2"]
     assert f"upstream.ckpt={tmp_path}/iteration_1/last" in commands["cluster_layer"]
     assert "trainer=tiny" in commands["iteration_1"]
+    assert "trainer.max_steps=300" in commands["iteration_1"]  # trainer=tiny's steps, unless pipeline.steps_1 says
+    assert "trainer.max_steps=700" in commands["iteration_2"]
 
 
 def test_foreach_repeats_a_stage_per_combination_and_needs_resolve_names_and_patterns():
