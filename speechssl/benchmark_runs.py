@@ -82,9 +82,14 @@ class BenchmarkRun:
         return self.metric_label or self.metric
 
     @property
+    def arrow(self) -> str:
+        """Which way is better: ``↑`` (higher) or ``↓`` (lower)."""
+        return "↑" if self.higher_is_better else "↓"
+
+    @property
     def column_header(self) -> str:
         """``KS accuracy ↑``: the task, its metric and which way is better."""
-        return f"{task_name(self.task)} {self.metric_name} {'↑' if self.higher_is_better else '↓'}"
+        return f"{task_name(self.task)} {self.metric_name} {self.arrow}"
 
     @property
     def table_key(self) -> tuple:

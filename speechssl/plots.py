@@ -118,7 +118,7 @@ def plot_curves(bench: Benchmark, corpus: str, task: str, path: Path) -> bool:
                         label=label)
     metric = info.metric_name
     loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
-    dev_ax.set(title=f"dev {metric} {'↑' if info.higher_is_better else '↓'}", xlabel="step",
+    dev_ax.set(title=f"dev {metric} {info.arrow}", xlabel="step",
                ylabel=f"{metric} (%)" if percent else metric)
     for ax in (loss_ax, dev_ax):
         ax.grid(alpha=0.3)

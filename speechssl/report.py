@@ -247,7 +247,7 @@ def reading(bench: Benchmark) -> str:
                     and not separated.get((label, best), False)]  # fmt: skip
             for label in [best, *ties]:
                 wins[label] = wins.get(label, 0) + 1
-            head = f"**{task_name(task)}** ({info.metric_name} {'↑' if info.higher_is_better else '↓'}): "
+            head = f"**{task_name(task)}** ({info.metric_name} {info.arrow}): "
             head += f"{best} is best at {format_score(scored[best].score, info.unit)}"
             if len(scored) == 1:
                 line = head + ", the only row."
@@ -305,8 +305,8 @@ def superb_table(bench: Benchmark, reference: Reference) -> str:
                 matched.setdefault(runs[0].upstream, label)
         if not matched or not tasks:
             continue
-        header = ["upstream", *(f"{task_name(task)} {COLUMNS[task][1]} {_arrow(bench, corpus, task)} ours / SUPERB"
-                                for task in tasks)]  # fmt: skip
+        arrows = {task: bench.task_info(corpus, task).arrow for task in tasks}
+        header = ["upstream", *(f"{task_name(task)} {COLUMNS[task][1]} {arrows[task]} ours / SUPERB" for task in tasks)]
         rows, pairs = [header], {task: ([], []) for task in tasks}
         for upstream, label in matched.items():
             row = [label]
@@ -490,10 +490,6 @@ def _key_pair(rows: dict[str, Row], best: set[str], first: str, second: str) -> 
 
 def _names(labels: list[str]) -> str:
     return ", ".join(labels)
-
-
-def _arrow(bench: Benchmark, corpus: str, task: str) -> str:
-    return "↑" if bench.task_info(corpus, task).higher_is_better else "↓"
 
 
 def _pretrained_run(run: BenchmarkRun) -> bool:
